@@ -1,0 +1,166 @@
+//! The request decoder: request line, headers, body framing (RFC 9112 §2-§7).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::RequestError;
+
+/// Limits on what a peer may send. Each has a default and the status it produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line + header fields + final CRLF), in bytes.
+    /// Default 256 KiB; larger → 431.
+    pub max_request_header_size: usize,
+    /// Longest request target, in bytes. Default 8 KiB; longer → 414.
+    pub url_length_limit: usize,
+    /// Largest body, in bytes, checked against Content-Length before any body byte is
+    /// read and against the running total of a chunked body. Default 1 GiB; larger → 413.
+    pub max_request_body_size: u64,
+    /// Most header fields in one request (and in chunked trailers). Default 100; more → 431.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_header_size: 256 * 1024,
+            url_length_limit: 8 * 1024,
+            max_request_body_size: 1024 * 1024 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// The HTTP version of a request. Anything else is rejected with 505.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// HTTP/1.0
+    Http10,
+    /// HTTP/1.1
+    Http11,
+}
+
+impl Version {
+    /// `"HTTP/1.0"` or `"HTTP/1.1"`, exactly as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body (no Content-Length, no Transfer-Encoding, or Content-Length: 0).
+    Empty,
+    /// Content-Length: n (n > 0).
+    Length(u64),
+    /// Transfer-Encoding: chunked.
+    Chunked,
+}
+
+/// A parsed request head. The raw bytes are kept once; accessors hand out slices.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub(crate) buf: Bytes,
+    pub(crate) method: (u32, u32),
+    pub(crate) target: (u32, u32),
+    /// (name start, name end, value start, value end) into `buf`; values trimmed of OWS.
+    pub(crate) headers: Vec<(u32, u32, u32, u32)>,
+    /// The request's HTTP version.
+    pub version: Version,
+    /// How the body is framed.
+    pub body: BodyKind,
+    /// Whether the request allows the connection to persist (version default + `Connection`).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent (HTTP/1.1 only).
+    pub expect_continue: bool,
+}
+
+impl RequestHead {
+    /// The method token, e.g. `b"GET"`.
+    pub fn method(&self) -> &[u8] {
+        &self.buf[self.method.0 as usize..self.method.1 as usize]
+    }
+
+    /// The request target exactly as sent (not decoded), e.g. `b"/a%20b?x=1"`.
+    pub fn target(&self) -> &[u8] {
+        &self.buf[self.target.0 as usize..self.target.1 as usize]
+    }
+
+    /// Header fields in the order sent: (name as sent, value without surrounding OWS).
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers.iter().map(move |&(ns, ne, vs, ve)| {
+            (
+                &self.buf[ns as usize..ne as usize],
+                &self.buf[vs as usize..ve as usize],
+            )
+        })
+    }
+
+    /// The first value of header `name` (ASCII case-insensitive), if any.
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the method is HEAD (its response has no body).
+    pub fn is_head(&self) -> bool {
+        self.method() == b"HEAD"
+    }
+}
+
+/// What the decoder produced.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A complete, valid request head. Body events (if any) follow.
+    Head(RequestHead),
+    /// Decoded body bytes (chunk framing removed), in order.
+    Data(Bytes),
+    /// The message is complete (trailers, if any, were read and checked). The decoder is
+    /// ready for the next request on the connection.
+    End,
+}
+
+/// Decodes requests from a byte stream, one message after another.
+#[derive(Debug)]
+pub struct RequestDecoder {
+    limits: Limits,
+    // Implementation state lives here.
+}
+
+impl RequestDecoder {
+    /// A decoder waiting for the first request head.
+    pub fn new(limits: Limits) -> Self {
+        let _ = limits;
+        todo!()
+    }
+
+    /// Decodes the next event from the front of `buf`, splitting off the bytes it
+    /// consumed. `Ok(None)` means more bytes are needed (nothing is lost: call again when
+    /// more have been appended). After an `Err` the connection must be closed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, RequestError> {
+        let _ = buf;
+        todo!()
+    }
+
+    /// The peer closed its sending side. `Ok(None)` if that happened between messages;
+    /// `Err(IncompleteMessage)` if a message was in progress (after first decoding any
+    /// events still complete in `buf`, which are returned one per call as with `decode`).
+    pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, RequestError> {
+        let _ = buf;
+        todo!()
+    }
+
+    /// True between messages: no head and no body is in progress.
+    pub fn is_idle(&self) -> bool {
+        todo!()
+    }
+
+    /// True after a head whose body has not been fully decoded yet.
+    pub fn in_body(&self) -> bool {
+        todo!()
+    }
+}
