@@ -1,0 +1,725 @@
+//! One connection: read requests, hand them to the dispatcher, write the responses, in
+//! order, with every timeout and limit. The life of a connection is in `serve`.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant};
+use unyoke_http::{chunk_header, BodyFraming, BodyKind, ChunkHeader, Event, RequestDecoder, RequestError, LAST_CHUNK};
+
+use crate::access_log::Entry;
+use crate::engine::{Shared, WorkItem};
+use crate::exchange::{BodyError, Exchange, OutChunk, ResponseStart};
+use crate::Handler;
+
+/// A peer or local address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddr {
+    /// An IPv4 or IPv6 address and port.
+    Tcp(SocketAddr),
+    /// A UNIX socket (peers are unnamed).
+    Unix(String),
+}
+
+/// What the application may know about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// A number unique within the engine.
+    pub id: u64,
+    /// The client.
+    pub peer: PeerAddr,
+    /// The local end.
+    pub local: PeerAddr,
+    pub(crate) policy: Arc<Policy>,
+}
+
+/// Server-wide switches a connection consults per request.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub(crate) keepalive: bool,
+    pub(crate) stopping: AtomicBool,
+}
+
+impl ConnInfo {
+    /// Whether the server lets connections persist right now (setting, shutdown).
+    pub fn keep_alive_allowed(&self) -> bool {
+        self.policy.keepalive && !self.policy.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream the engine can serve: TCP, UNIX, later TLS.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Sends `len` bytes of `file` from `offset`; `sendfile(2)` where the transport allows.
+    fn send_file<'a>(
+        &'a mut self,
+        file: &'a std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Pin<Box<dyn std::future::Future<Output = io::Result<u64>> + Send + 'a>> {
+        Box::pin(copy_file(self, file, offset, len))
+    }
+}
+
+impl Transport for tokio::net::UnixStream {}
+
+impl Transport for tokio::net::TcpStream {
+    fn send_file<'a>(
+        &'a mut self,
+        file: &'a std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Pin<Box<dyn std::future::Future<Output = io::Result<u64>> + Send + 'a>> {
+        Box::pin(async move {
+            use std::os::fd::AsRawFd;
+            let mut off = offset as libc::off_t;
+            let end = offset + len;
+            let mut sent = 0u64;
+            while (off as u64) < end {
+                self.writable().await?;
+                let want = ((end - off as u64).min(1 << 30)) as usize;
+                let sock = self.as_raw_fd();
+                let ffd = file.as_raw_fd();
+                let r = self.try_io(tokio::io::Interest::WRITABLE, || {
+                    // SAFETY: both descriptors are open for the duration of the call; `off`
+                    // is a valid pointer to a local.
+                    let n = unsafe { libc::sendfile(sock, ffd, &mut off, want) };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                });
+                match r {
+                    Ok(0) => break, // file shorter than promised
+                    Ok(n) => sent += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(sent)
+        })
+    }
+}
+
+async fn copy_file<T: AsyncWrite + Unpin + ?Sized>(
+    out: &mut T,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut done = 0u64;
+    while done < len {
+        let want = ((len - done) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], offset + done)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).await?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// Largest unread request body the server reads and discards to keep a connection alive
+/// after the application answered without reading it; above it, the connection closes.
+const DISCARD_LIMIT: u64 = 64 * 1024;
+
+enum HeadOutcome {
+    Head(unyoke_http::RequestHead),
+    Close,
+}
+
+struct Conn<'a, H: Handler, T: Transport> {
+    shared: &'a Arc<Shared<H>>,
+    io: T,
+    buf: BytesMut,
+    decoder: RequestDecoder,
+    info: Arc<ConnInfo>,
+    wbuf: Vec<u8>,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve<H: Handler, T: Transport>(shared: Arc<Shared<H>>, io: T, info: Arc<ConnInfo>) {
+    let mut conn = Conn {
+        decoder: RequestDecoder::new(shared.config.limits),
+        shared: &shared,
+        io,
+        buf: BytesMut::new(),
+        info,
+        wbuf: Vec::new(),
+    };
+    let mut first = true;
+    loop {
+        let head = match conn.read_head(first).await {
+            HeadOutcome::Head(h) => h,
+            HeadOutcome::Close => break,
+        };
+        first = false;
+        match conn.exchange(head).await {
+            Ok(true) => continue,
+            Ok(false) | Err(_) => break,
+        }
+    }
+    let _ = conn.io.shutdown().await;
+}
+
+impl<H: Handler, T: Transport> Conn<'_, H, T> {
+    /// Reads until a request head is complete. Between requests the keep-alive timeout
+    /// applies; once a byte of a head arrived, the header timeout bounds the whole head.
+    async fn read_head(&mut self, first: bool) -> HeadOutcome {
+        let cfg = &self.shared.config;
+        let mut deadline: Option<Instant> = if first {
+            Some(Instant::now() + cfg.header_timeout)
+        } else {
+            None
+        };
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(Event::Head(head))) => return HeadOutcome::Head(head),
+                Ok(Some(_)) => return HeadOutcome::Close,
+                Ok(None) => {}
+                Err(e) => {
+                    self.send_error(e).await;
+                    return HeadOutcome::Close;
+                }
+            }
+            let idle = self.buf.is_empty() && self.decoder.is_idle();
+            if !idle && deadline.is_none() {
+                deadline = Some(Instant::now() + cfg.header_timeout);
+            }
+            let until = deadline.unwrap_or_else(|| Instant::now() + cfg.keepalive_timeout);
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(8192);
+            }
+            let stop = &self.shared.stop_notify;
+            let read = tokio::select! {
+                biased;
+                r = timeout_at(until, self.io.read_buf(&mut self.buf)) => r,
+                _ = stop.notified(), if idle && !first => return HeadOutcome::Close,
+            };
+            match read {
+                Err(_) => {
+                    if !idle {
+                        self.send_simple(408, "Request Timeout", "request head not received in time")
+                            .await;
+                    }
+                    return HeadOutcome::Close;
+                }
+                Ok(Ok(0)) => {
+                    return match self.decoder.decode_eof(&mut self.buf) {
+                        Ok(Some(Event::Head(head))) => HeadOutcome::Head(head),
+                        _ => HeadOutcome::Close,
+                    };
+                }
+                Ok(Ok(n)) => self.shared.stats.bytes_in(n),
+                Ok(Err(_)) => return HeadOutcome::Close,
+            }
+            if idle && self.shared.policy.stopping.load(Ordering::Relaxed) && !first {
+                // Bytes of a new request arrived while stopping: serve it, then close.
+            }
+        }
+    }
+
+    /// Moves decoded body events from the buffer into the exchange. Returns Ok(true) when
+    /// the body is complete.
+    fn pump_body(&mut self, ex: &Exchange<H::State>) -> Result<bool, RequestError> {
+        let mut inner = ex.lock();
+        let mut delivered = false;
+        let done = loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(Event::Data(d))) => {
+                    inner.body_buffered += d.len();
+                    inner.body.push_back(d);
+                    delivered = true;
+                }
+                Ok(Some(Event::End)) => {
+                    inner.body_eof = true;
+                    delivered = true;
+                    break true;
+                }
+                Ok(Some(Event::Head(_))) => break true,
+                Ok(None) => break false,
+                Err(e) => {
+                    inner.body_error = Some(BodyError::Malformed(e.status()));
+                    drop(inner);
+                    ex.notify_app();
+                    return Err(e);
+                }
+            }
+        };
+        if delivered {
+            inner.demand = false;
+            drop(inner);
+            ex.notify_app();
+        }
+        Ok(done)
+    }
+
+    /// One request: dispatch it, feed its body, write its response. Returns whether the
+    /// connection may carry another request.
+    async fn exchange(&mut self, head: unyoke_http::RequestHead) -> io::Result<bool> {
+        let shared = self.shared;
+        let cfg = &shared.config;
+        let expect = head.expect_continue;
+        let mut body_done = head.body == BodyKind::Empty;
+        let ex = Arc::new(Exchange::new(head, Arc::clone(&self.info), shared.waking()));
+        shared.stats.request_started();
+        let mut malformed: Option<RequestError> = None;
+        if body_done {
+            // Consume the End event of an empty body.
+            let _ = self.decoder.decode(&mut self.buf);
+            ex.lock().body_eof = true;
+        } else {
+            match self.pump_body(&ex) {
+                Ok(done) => body_done = done,
+                Err(e) => {
+                    malformed = Some(e);
+                    body_done = true;
+                }
+            }
+        }
+        shared.submit(WorkItem::Call(Arc::clone(&ex)));
+
+        let mut continue_sent = false;
+        let mut writer = BodyWriter::default();
+        let mut head_written = false;
+        let mut aborted = false;
+        let mut gone = false;
+        loop {
+            let (want_read, demand) = {
+                let inner = ex.lock();
+                let read_ahead = (inner.body_buffered as u64) < cfg.inbuf_overflow && (!expect || continue_sent);
+                (!body_done && (inner.demand || read_ahead), inner.demand)
+            };
+            if demand && expect && !continue_sent && !head_written && !body_done {
+                continue_sent = true;
+                let mut line = b"HTTP/1.1 100 Continue\r\n".to_vec();
+                line.extend_from_slice(&ex.lock().continue_headers);
+                line.extend_from_slice(b"\r\n");
+                if self.write_timed(&line).await.is_err() {
+                    gone = true;
+                    break;
+                }
+                continue;
+            }
+            let deadline = Instant::now() + cfg.inactivity_timeout;
+            let exr = &ex;
+            tokio::select! {
+                biased;
+                _ = std::future::poll_fn(|cx| exr.poll_signal(cx)) => {}
+                r = timeout_at(deadline, self.io.read_buf(&mut self.buf)), if want_read => {
+                    match r {
+                        Ok(Ok(0)) => {
+                            // The client closed its side mid-body.
+                            let mut inner = ex.lock();
+                            inner.body_error = Some(BodyError::Disconnected);
+                            drop(inner);
+                            ex.notify_app();
+                            body_done = true;
+                            gone = true;
+                        }
+                        Ok(Ok(n)) => {
+                            shared.stats.bytes_in(n);
+                            match self.pump_body(&ex) {
+                                Ok(done) => body_done = done,
+                                Err(e) => { malformed = Some(e); body_done = true; }
+                            }
+                        }
+                        Ok(Err(_)) => {
+                            ex.lock().body_error = Some(BodyError::Disconnected);
+                            ex.notify_app();
+                            body_done = true;
+                            gone = true;
+                        }
+                        Err(_) => {
+                            ex.lock().body_error = Some(BodyError::Timeout);
+                            ex.notify_app();
+                            body_done = true;
+                            gone = true;
+                        }
+                    }
+                }
+            }
+            if gone {
+                break;
+            }
+            // Write whatever the application queued.
+            let (start, chunks, finished, abort, want_more) = {
+                let mut inner = ex.lock();
+                let start = inner.start.take();
+                if start.is_some() {
+                    inner.start_taken = true;
+                }
+                let chunks: Vec<OutChunk> = inner.out.drain(..).collect();
+                inner.out_bytes = 0;
+                let want_more = std::mem::take(&mut inner.want_more);
+                (start, chunks, inner.finished, inner.aborted, want_more)
+            };
+            if let Some(mut start) = start {
+                if malformed.is_some() || (!body_done && !self.can_discard(&ex, expect, continue_sent)) {
+                    start.keep_alive = false;
+                }
+                writer.begin(&start, ex.head.is_head());
+                self.wbuf.clear();
+                self.encode_head(&start, ex.head.version == unyoke_http::Version::Http10);
+                head_written = true;
+            } else if !head_written && !chunks.is_empty() {
+                // Body without a head: a handler bug. Drop it rather than desync.
+                continue;
+            }
+            if head_written && (!self.wbuf.is_empty() || !chunks.is_empty() || (finished && !writer.ended)) {
+                let end = finished && !abort;
+                match self.write_body(&mut writer, chunks, end).await {
+                    Ok(()) => {}
+                    Err(_) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+            if finished {
+                aborted = abort || !writer.complete();
+                break;
+            }
+            if want_more {
+                shared.submit(WorkItem::Resume(Arc::clone(&ex)));
+            }
+        }
+
+        if gone {
+            ex.lock().gone = true;
+            ex.notify_app();
+        }
+        shared.submit(WorkItem::Close(Arc::clone(&ex)));
+        shared.stats.request_finished();
+        if let Some(log) = &shared.access_log {
+            self.log_request(log, &ex, &writer);
+        }
+        if gone || aborted || malformed.is_some() || !writer.keep_alive {
+            return Ok(false);
+        }
+        if !body_done {
+            return Ok(self.discard_body(&ex).await);
+        }
+        Ok(!self.shared.policy.stopping.load(Ordering::Relaxed))
+    }
+
+    /// Whether an unread body is small enough to read and drop after the response.
+    fn can_discard(&self, ex: &Exchange<H::State>, expect: bool, continue_sent: bool) -> bool {
+        if expect && !continue_sent {
+            // The client may be waiting for 100 and never send the body: close.
+            return false;
+        }
+        matches!(ex.head.body, BodyKind::Length(n) if n <= DISCARD_LIMIT)
+    }
+
+    async fn discard_body(&mut self, ex: &Exchange<H::State>) -> bool {
+        let deadline = Instant::now() + self.shared.config.inactivity_timeout.min(Duration::from_secs(5));
+        loop {
+            match self.pump_body(ex) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(_) => return false,
+            }
+            ex.lock().body.clear();
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(8192);
+            }
+            match timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return false,
+            }
+        }
+    }
+
+    fn encode_head(&mut self, start: &ResponseStart, http10: bool) {
+        let cfg = &self.shared.config;
+        let w = &mut self.wbuf;
+        w.extend_from_slice(&start.head);
+        w.extend_from_slice(b"Date: ");
+        w.extend_from_slice(&self.shared.date.get());
+        w.extend_from_slice(b"\r\n");
+        if !cfg.identity.is_empty() {
+            w.extend_from_slice(b"Server: ");
+            w.extend_from_slice(&cfg.identity);
+            w.extend_from_slice(b"\r\n");
+        }
+        if start.framing == BodyFraming::Chunked {
+            w.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        if !start.keep_alive {
+            w.extend_from_slice(b"Connection: close\r\n");
+        } else if http10 {
+            w.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        w.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes the pending head (in `wbuf`) and `chunks` with the response's framing.
+    async fn write_body(&mut self, writer: &mut BodyWriter, chunks: Vec<OutChunk>, end: bool) -> io::Result<()> {
+        let mut headers: Vec<ChunkHeader> = Vec::new();
+        let mut datas: Vec<Bytes> = Vec::with_capacity(chunks.len());
+        let mut files: Vec<(std::fs::File, u64, u64)> = Vec::new();
+        let mut pending_files_after: Vec<usize> = Vec::new();
+        for chunk in chunks {
+            match chunk {
+                OutChunk::Data(d) => {
+                    if let Some(d) = writer.admit(d) {
+                        if writer.framing == BodyFraming::Chunked {
+                            headers.push(chunk_header(d.len()));
+                        }
+                        datas.push(d);
+                    }
+                }
+                OutChunk::File { file, offset, len } => {
+                    let len = writer.admit_len(len);
+                    if len > 0 {
+                        pending_files_after.push(datas.len());
+                        files.push((file, offset, len));
+                    }
+                }
+            }
+        }
+        if files.is_empty() {
+            let ending: &[u8] = if end { writer.end() } else { b"" };
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 + datas.len() * 3);
+            if !self.wbuf.is_empty() {
+                slices.push(IoSlice::new(&self.wbuf));
+            }
+            let chunked = writer.framing == BodyFraming::Chunked;
+            for (i, d) in datas.iter().enumerate() {
+                if chunked {
+                    slices.push(IoSlice::new(headers[i].as_bytes()));
+                    slices.push(IoSlice::new(d));
+                    slices.push(IoSlice::new(b"\r\n"));
+                } else {
+                    slices.push(IoSlice::new(d));
+                }
+            }
+            if !ending.is_empty() {
+                slices.push(IoSlice::new(ending));
+            }
+            let total: usize = slices.iter().map(|s| s.len()).sum();
+            let deadline = Instant::now() + self.shared.config.inactivity_timeout;
+            match timeout_at(deadline, write_all_vectored(&mut self.io, &mut slices)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            }
+            self.shared.stats.bytes_out(total);
+            self.wbuf.clear();
+            return Ok(());
+        }
+        // Files among the chunks: write in order, one piece at a time.
+        let head = std::mem::take(&mut self.wbuf);
+        if !head.is_empty() {
+            self.write_timed(&head).await?;
+        }
+        let chunked = writer.framing == BodyFraming::Chunked;
+        let mut file_iter = files.into_iter();
+        let mut next_file_at = pending_files_after.into_iter().peekable();
+        for (i, d) in datas.iter().enumerate() {
+            while next_file_at.peek() == Some(&i) {
+                next_file_at.next();
+                if let Some((f, off, len)) = file_iter.next() {
+                    self.write_file(&f, off, len, chunked).await?;
+                }
+            }
+            if chunked {
+                self.write_timed(headers[i].as_bytes()).await?;
+                self.write_timed(d).await?;
+                self.write_timed(b"\r\n").await?;
+            } else {
+                self.write_timed(d).await?;
+            }
+        }
+        for (f, off, len) in file_iter {
+            self.write_file(&f, off, len, chunked).await?;
+        }
+        if end {
+            let ending = writer.end();
+            if !ending.is_empty() {
+                self.write_timed(ending).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_file(&mut self, file: &std::fs::File, offset: u64, len: u64, chunked: bool) -> io::Result<()> {
+        if chunked {
+            self.write_timed(chunk_header(len as usize).as_bytes()).await?;
+        }
+        let sent = self.io.send_file(file, offset, len).await?;
+        self.shared.stats.bytes_out(sent as usize);
+        if sent < len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if chunked {
+            self.write_timed(b"\r\n").await?;
+        }
+        Ok(())
+    }
+
+    async fn write_timed(&mut self, data: &[u8]) -> io::Result<()> {
+        let deadline = Instant::now() + self.shared.config.inactivity_timeout;
+        match timeout_at(deadline, self.io.write_all(data)).await {
+            Ok(r) => {
+                r?;
+                self.shared.stats.bytes_out(data.len());
+                Ok(())
+            }
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    async fn send_simple(&mut self, status: u16, reason: &str, detail: &str) {
+        let body = format!("{status} {reason}\n{detail}\n");
+        let date = self.shared.date.get();
+        let mut msg = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nDate: ",
+            body.len()
+        )
+        .into_bytes();
+        msg.extend_from_slice(&date);
+        msg.extend_from_slice(b"\r\n");
+        if !self.shared.config.identity.is_empty() {
+            msg.extend_from_slice(b"Server: ");
+            msg.extend_from_slice(&self.shared.config.identity);
+            msg.extend_from_slice(b"\r\n");
+        }
+        msg.extend_from_slice(b"\r\n");
+        msg.extend_from_slice(body.as_bytes());
+        let _ = self.write_timed(&msg).await;
+    }
+
+    async fn send_error(&mut self, e: RequestError) {
+        self.send_simple(e.status(), e.reason(), e.detail()).await;
+    }
+
+    fn log_request(&self, log: &crate::access_log::AccessLog, ex: &Exchange<H::State>, writer: &BodyWriter) {
+        let head = &ex.head;
+        let mut line = Vec::with_capacity(head.method().len() + head.target().len() + 10);
+        line.extend_from_slice(head.method());
+        line.push(b' ');
+        line.extend_from_slice(head.target());
+        line.push(b' ');
+        line.extend_from_slice(head.version.as_str().as_bytes());
+        let mut ip = match &self.info.peer {
+            PeerAddr::Tcp(a) => a.ip().to_string(),
+            PeerAddr::Unix(_) => "unix".to_string(),
+        };
+        if self.shared.config.log_x_forwarded_for {
+            if let Some(xff) = head.header(b"x-forwarded-for") {
+                let xff: String = xff.iter().filter(|b| **b != b' ').map(|&b| b as char).collect();
+                if !xff.is_empty() {
+                    ip = format!("{xff},{ip}");
+                }
+            }
+        }
+        log.log(&Entry {
+            client_ip: &ip,
+            request_line: &line,
+            status: writer.status,
+            body_length: writer.sent,
+            wall_seconds: ex.started.elapsed().as_secs_f64(),
+        });
+    }
+}
+
+/// Applies the response framing to the body as it is written.
+#[derive(Default)]
+struct BodyWriter {
+    framing: BodyFramingOpt,
+    status: u16,
+    /// Body bytes sent (before framing).
+    sent: u64,
+    ended: bool,
+    keep_alive: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct BodyFramingOpt(Option<BodyFraming>);
+
+impl Default for BodyFramingOpt {
+    fn default() -> Self {
+        BodyFramingOpt(None)
+    }
+}
+
+impl PartialEq<BodyFraming> for BodyFramingOpt {
+    fn eq(&self, other: &BodyFraming) -> bool {
+        self.0 == Some(*other)
+    }
+}
+
+impl BodyWriter {
+    fn begin(&mut self, start: &ResponseStart, _is_head: bool) {
+        self.framing = BodyFramingOpt(Some(start.framing));
+        self.status = start.status;
+        self.keep_alive = start.keep_alive && start.framing != BodyFraming::Close;
+    }
+
+    /// The part of `d` that may be sent under the framing (a Content-Length caps it).
+    fn admit(&mut self, d: Bytes) -> Option<Bytes> {
+        let n = self.admit_len(d.len() as u64) as usize;
+        if n == 0 {
+            None
+        } else if n < d.len() {
+            Some(d.slice(..n))
+        } else {
+            Some(d)
+        }
+    }
+
+    fn admit_len(&mut self, len: u64) -> u64 {
+        let n = match self.framing.0 {
+            None | Some(BodyFraming::NoBody) => 0,
+            Some(BodyFraming::Length(total)) => len.min(total.saturating_sub(self.sent)),
+            Some(BodyFraming::Chunked) | Some(BodyFraming::Close) => len,
+        };
+        self.sent += n;
+        n
+    }
+
+    fn end(&mut self) -> &'static [u8] {
+        self.ended = true;
+        if self.framing == BodyFraming::Chunked {
+            LAST_CHUNK
+        } else {
+            b""
+        }
+    }
+
+    /// Whether what was sent is a whole response under its framing.
+    fn complete(&self) -> bool {
+        match self.framing.0 {
+            Some(BodyFraming::Length(total)) => self.sent == total && self.ended,
+            Some(BodyFraming::Chunked) => self.ended,
+            Some(_) => true,
+            None => false,
+        }
+    }
+}
+
+/// Writes every slice, advancing through partial writes.
+async fn write_all_vectored<T: AsyncWrite + Unpin>(io: &mut T, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        let n = std::future::poll_fn(|cx: &mut Context<'_>| -> Poll<io::Result<usize>> {
+            Pin::new(&mut *io).poll_write_vectored(cx, slices)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! Who runs the application, and when: leader/followers over one current-thread runtime.
+//!
+//! One thread at a time is the *leader*: it drives the tokio runtime (all sockets, all
+//! timers) and, when requests are ready, runs the application calls itself, outside the
+//! runtime, without handing them to another thread. That is the fast path: no hand-off,
+//! no wake-up, one lock acquisition (the [`Gate`], i.e. the GIL) held across many requests.
+//!
+//! A second thread, the *standby*, waits to take the gate. The leader only gives the gate
+//! up when an application call blocks (the GIL is released around blocking I/O), when
+//! the interpreter forces a switch, or when the runtime has nothing to do. If the standby
+//! gets the gate while the leader is inside an application call, that call is blocking
+//! the event loop: the standby becomes the leader and drives the runtime (the runtime's
+//! core is free, since application calls run outside `block_on`), and wakes another
+//! thread to stand by. The displaced thread finishes its call and goes back to the pool.
+//! So a blocking call costs one thread for its duration and never stalls other
+//! connections; a fast call costs nothing extra. `threads` bounds how many threads exist,
+//! i.e. how many calls may block at once.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// The lock that application calls need (for Python: the GIL).
+///
+/// A dispatch thread's whole life runs inside `run_thread`, holding the gate except
+/// between `release` and `acquire`. `acquire` blocks until the gate is free.
+pub trait Gate: Send + Sync + 'static {
+    /// Runs `body` holding the gate (for Python: attached to the interpreter).
+    fn run_thread(&self, body: &mut dyn FnMut());
+    /// Gives the gate up (the thread will sleep or wait).
+    fn release(&self);
+    /// Takes the gate back, waiting for it.
+    fn acquire(&self);
+}
+
+/// A unit of application work, run by a dispatch thread while it holds the gate.
+pub trait Job: Send + 'static {
+    /// Runs the job.
+    fn run(self);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Leader,
+    Standby,
+    Idle,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaderState {
+    /// No thread is leader (all are blocked in application calls, or starting).
+    Absent,
+    /// The leader drives the runtime, holding the gate.
+    Io,
+    /// The leader sleeps in the I/O driver, gate released.
+    Parked,
+    /// The leader runs an application call.
+    App,
+}
+
+struct Control {
+    leader: LeaderState,
+    /// Identity of the current leader (a counter, so a displaced leader can tell).
+    leader_token: u64,
+    next_token: u64,
+    /// A thread is waiting to take the gate.
+    standby: bool,
+    /// The standby saw the leader parked and waits on `standby_cv` for it to wake.
+    standby_sleeping: bool,
+    /// Threads waiting in `idle_cv` for a role.
+    idle: usize,
+    /// How many idle threads have been asked to become standby or leader.
+    summoned: usize,
+    threads: usize,
+    max_threads: usize,
+    /// Wakers deferred by the leader while it ran application code outside the runtime;
+    /// whoever drives the runtime next wakes them from inside it (cheap).
+    pending_wakes: Vec<Waker>,
+    stopping: bool,
+}
+
+/// The dispatch pool. Shared by the runtime hooks, the connection tasks and the threads.
+pub struct Dispatcher<J: Job> {
+    control: Mutex<Control>,
+    idle_cv: Condvar,
+    standby_cv: Condvar,
+    exit_cv: Condvar,
+    queue: Mutex<VecDeque<J>>,
+    /// Waker of the leader's `block_on` future, set while it waits for jobs.
+    leader_waker: Mutex<Option<Waker>>,
+    has_jobs: AtomicBool,
+    gate: Arc<dyn Gate>,
+}
+
+thread_local! {
+    static LEADER_TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl<J: Job> Dispatcher<J> {
+    /// A pool of at most `max_threads` threads (at least 2: a leader and a standby).
+    pub fn new(gate: Arc<dyn Gate>, max_threads: usize) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            control: Mutex::new(Control {
+                leader: LeaderState::Absent,
+                leader_token: 0,
+                next_token: 1,
+                standby: false,
+                standby_sleeping: false,
+                idle: 0,
+                summoned: 0,
+                threads: 0,
+                max_threads: max_threads.max(2),
+                pending_wakes: Vec::new(),
+                stopping: false,
+            }),
+            idle_cv: Condvar::new(),
+            standby_cv: Condvar::new(),
+            exit_cv: Condvar::new(),
+            queue: Mutex::new(VecDeque::new()),
+            leader_waker: Mutex::new(None),
+            has_jobs: AtomicBool::new(false),
+            gate,
+        })
+    }
+
+    /// Queues a job; called from connection tasks (inside the runtime).
+    pub fn submit(&self, job: J) {
+        self.queue.lock().push_back(job);
+        self.has_jobs.store(true, Ordering::Release);
+        if let Some(w) = self.leader_waker.lock().take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes a connection task from application code. When the caller is the current
+    /// leader (running outside the runtime), the wake is deferred until it re-enters the
+    /// runtime, which turns an eventfd write into a queue push.
+    pub fn wake(&self, waker: Waker) {
+        let token = LEADER_TOKEN.with(|t| t.get());
+        {
+            let mut c = self.control.lock();
+            if token != 0 && c.leader_token == token && c.leader == LeaderState::App {
+                c.pending_wakes.push(waker);
+                return;
+            }
+        }
+        waker.wake();
+    }
+
+    /// Number of dispatch threads alive.
+    pub fn threads(&self) -> usize {
+        self.control.lock().threads
+    }
+
+    /// Hook for the runtime: the leader is about to sleep in the I/O driver.
+    pub fn before_park(&self) {
+        let mut c = self.control.lock();
+        if c.leader == LeaderState::Io {
+            c.leader = LeaderState::Parked;
+            drop(c);
+            self.gate.release();
+        }
+    }
+
+    /// Hook for the runtime: the leader woke up in the I/O driver.
+    pub fn after_unpark(&self) {
+        let parked = self.control.lock().leader == LeaderState::Parked;
+        if parked {
+            self.gate.acquire();
+            let mut c = self.control.lock();
+            c.leader = LeaderState::Io;
+            if c.standby_sleeping {
+                c.standby_sleeping = false;
+                self.standby_cv.notify_one();
+            }
+        }
+    }
+
+    /// Lets another thread waiting for the gate run, from inside the runtime: called
+    /// periodically so that application threads finishing a call are not starved while
+    /// the leader is busy with I/O.
+    pub fn yield_gate(&self) {
+        let is_io = self.control.lock().leader == LeaderState::Io;
+        if is_io {
+            self.gate.release();
+            self.gate.acquire();
+        }
+    }
+
+    /// Starts the first dispatch thread, which becomes leader and drives `rt`.
+    pub fn start(self: &Arc<Self>, rt: Arc<tokio::runtime::Runtime>) {
+        let mut c = self.control.lock();
+        c.threads += 1;
+        drop(c);
+        self.spawn_thread(rt, Role::Leader);
+    }
+
+    /// Stops every thread once it is out of its current call; wakes the leader.
+    pub fn stop(&self) {
+        let mut c = self.control.lock();
+        c.stopping = true;
+        self.idle_cv.notify_all();
+        self.standby_cv.notify_all();
+        drop(c);
+        if let Some(w) = self.leader_waker.lock().take() {
+            w.wake();
+        }
+    }
+
+    /// Waits until every dispatch thread has exited, or `timeout` passed (then false).
+    pub fn join(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = self.control.lock();
+        while c.threads > 0 {
+            self.idle_cv.notify_all();
+            self.standby_cv.notify_all();
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let step = (now + Duration::from_millis(50)).min(deadline);
+            self.exit_cv.wait_until(&mut c, step);
+        }
+        true
+    }
+
+    fn spawn_thread(self: &Arc<Self>, rt: Arc<tokio::runtime::Runtime>, role: Role) {
+        let me = Arc::clone(self);
+        let spawned = thread::Builder::new()
+            .name("unyoke-dispatch".into())
+            .spawn(move || me.thread_main(rt, role));
+        if spawned.is_err() {
+            // Out of threads: the pool stays smaller, and the role stays free.
+            let mut c = self.control.lock();
+            c.threads -= 1;
+            match role {
+                Role::Leader => c.leader = LeaderState::Absent,
+                Role::Standby => c.standby = false,
+                Role::Idle | Role::Stop => {}
+            }
+        }
+    }
+
+    fn thread_main(self: Arc<Self>, rt: Arc<tokio::runtime::Runtime>, role: Role) {
+        let mut role = Some(role);
+        let gate = Arc::clone(&self.gate);
+        gate.run_thread(&mut || {
+            let Some(mut role) = role.take() else { return };
+            if role == Role::Leader {
+                let mut c = self.control.lock();
+                Self::become_leader(&mut c);
+            }
+            loop {
+                // Every role starts and ends with this thread holding the gate.
+                role = match role {
+                    Role::Leader => {
+                        self.lead(&rt);
+                        self.after_lead()
+                    }
+                    Role::Standby => self.stand_by(),
+                    Role::Idle => self.idle_wait(),
+                    Role::Stop => break,
+                };
+            }
+        });
+        let mut c = self.control.lock();
+        c.threads -= 1;
+        self.exit_cv.notify_all();
+    }
+
+    fn become_leader(c: &mut Control) {
+        c.leader = LeaderState::Io;
+        c.leader_token = c.next_token;
+        c.next_token += 1;
+        LEADER_TOKEN.with(|t| t.set(c.leader_token));
+    }
+
+    /// What a thread does after leading: stop, stand by, or idle.
+    fn after_lead(&self) -> Role {
+        LEADER_TOKEN.with(|t| t.set(0));
+        let mut c = self.control.lock();
+        if c.stopping {
+            return Role::Stop;
+        }
+        if !c.standby {
+            c.standby = true;
+            return Role::Standby;
+        }
+        Role::Idle
+    }
+
+    /// Waits in the pool until summoned to stand by, needed as leader, or stopped.
+    fn idle_wait(&self) -> Role {
+        self.gate.release();
+        let mut c = self.control.lock();
+        c.idle += 1;
+        let role = loop {
+            if c.stopping {
+                break Role::Stop;
+            }
+            if c.summoned > 0 {
+                c.summoned -= 1;
+                break Role::Standby;
+            }
+            if c.leader == LeaderState::Absent {
+                Self::become_leader(&mut c);
+                break Role::Leader;
+            }
+            self.idle_cv.wait(&mut c);
+        };
+        c.idle -= 1;
+        drop(c);
+        self.gate.acquire();
+        role
+    }
+
+    /// Makes sure some thread stands by: summons an idle one or starts a new one.
+    fn ensure_standby(self: &Arc<Self>, c: &mut Control, rt: &Arc<tokio::runtime::Runtime>) {
+        if c.standby || c.stopping {
+            return;
+        }
+        if c.idle > c.summoned {
+            c.standby = true;
+            c.summoned += 1;
+            self.idle_cv.notify_one();
+        } else if c.threads < c.max_threads {
+            c.threads += 1;
+            c.standby = true;
+            self.spawn_thread(Arc::clone(rt), Role::Standby);
+        }
+    }
+
+    /// The standby: wait for the gate; if the leader is stuck in an application call,
+    /// take over the runtime.
+    fn stand_by(&self) -> Role {
+        self.gate.release();
+        loop {
+            self.gate.acquire();
+            let mut c = self.control.lock();
+            if c.stopping {
+                c.standby = false;
+                return Role::Stop;
+            }
+            match c.leader {
+                LeaderState::App | LeaderState::Absent => {
+                    // The leader blocks the loop (or there is none): take over.
+                    c.standby = false;
+                    Self::become_leader(&mut c);
+                    return Role::Leader;
+                }
+                LeaderState::Parked => {
+                    // Nothing runs; sleep until the leader wakes up.
+                    c.standby_sleeping = true;
+                    drop(c);
+                    self.gate.release();
+                    let mut c = self.control.lock();
+                    while c.standby_sleeping && !c.stopping && c.leader == LeaderState::Parked {
+                        self.standby_cv.wait(&mut c);
+                    }
+                    c.standby_sleeping = false;
+                }
+                LeaderState::Io => {
+                    // A periodic gate yield or a forced switch: hand the gate back.
+                    drop(c);
+                    self.gate.release();
+                    thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// The leader: drive the runtime until jobs are ready, run them, repeat. Returns when
+    /// displaced (another thread took over while this one was in a call) or stopping.
+    fn lead(self: &Arc<Self>, rt: &Arc<tokio::runtime::Runtime>) {
+        let my_token = LEADER_TOKEN.with(|t| t.get());
+        {
+            let mut c = self.control.lock();
+            self.ensure_standby(&mut c, rt);
+        }
+        loop {
+            let stopping = rt.block_on(poll_fn(|cx| {
+                let wakes = std::mem::take(&mut self.control.lock().pending_wakes);
+                for w in wakes {
+                    w.wake();
+                }
+                if self.has_jobs.load(Ordering::Acquire) {
+                    return Poll::Ready(false);
+                }
+                if self.control.lock().stopping {
+                    return Poll::Ready(true);
+                }
+                *self.leader_waker.lock() = Some(cx.waker().clone());
+                // A job may have been queued between the check and registering.
+                if self.has_jobs.load(Ordering::Acquire) {
+                    return Poll::Ready(false);
+                }
+                Poll::Pending
+            }));
+            if stopping {
+                let mut c = self.control.lock();
+                c.leader = LeaderState::Absent;
+                return;
+            }
+            loop {
+                let job = {
+                    let mut q = self.queue.lock();
+                    let job = q.pop_front();
+                    if q.is_empty() {
+                        self.has_jobs.store(false, Ordering::Release);
+                    }
+                    job
+                };
+                let Some(job) = job else { break };
+                self.control.lock().leader = LeaderState::App;
+                job.run();
+                let mut c = self.control.lock();
+                if c.leader_token != my_token {
+                    // Another thread took over the runtime while this call blocked. Wakes
+                    // deferred during the call are in `pending_wakes`, for the new leader.
+                    return;
+                }
+                c.leader = LeaderState::Io;
+                if !c.standby {
+                    self.ensure_standby(&mut c, rt);
+                }
+            }
+        }
+    }
+
+}

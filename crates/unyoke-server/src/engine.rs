@@ -1,0 +1,409 @@
+//! The engine: configuration, the runtime, the accept loops, shutdown and statistics.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::{Notify, Semaphore};
+use unyoke_http::Limits;
+
+use crate::access_log::{AccessLog, LogFormat};
+use crate::clock::DateCache;
+use crate::connection::{self, ConnInfo, PeerAddr, Policy};
+use crate::dispatch::{Dispatcher, Gate, Job};
+use crate::exchange::{Exchange, Waking};
+use crate::listener::{Listener, TokioListener};
+use crate::Handler;
+
+/// Engine settings (the Python side validates them and documents them).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Request limits (431/414/413).
+    pub limits: Limits,
+    /// Time to receive a whole request head once it began (and for the first request,
+    /// from the accept); then 408 and close.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection is kept.
+    pub keepalive_timeout: Duration,
+    /// Time without progress while reading a body or writing a response; then close.
+    pub inactivity_timeout: Duration,
+    /// Most open connections; beyond, new ones wait in the listen backlog.
+    pub max_size: usize,
+    /// Whether connections may persist.
+    pub keepalive: bool,
+    /// Most dispatch threads (how many application calls may block at once).
+    pub threads: usize,
+    /// The `Server` header value (empty: none).
+    pub identity: Vec<u8>,
+    /// Request body bytes read ahead of the application; beyond, reading waits for it.
+    pub inbuf_overflow: u64,
+    /// The access log format, or None for no access log.
+    pub access_log: Option<LogFormat>,
+    /// Prefix the client address with X-Forwarded-For in the access log.
+    pub log_x_forwarded_for: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            inactivity_timeout: Duration::from_secs(60),
+            max_size: 10_000,
+            keepalive: true,
+            threads: 64,
+            identity: b"unyoke".to_vec(),
+            inbuf_overflow: 512 * 1024,
+            access_log: None,
+            log_x_forwarded_for: true,
+        }
+    }
+}
+
+/// Counters of the engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Connections open now.
+    pub open_connections: u64,
+    /// Requests whose response is not finished.
+    pub requests_in_flight: u64,
+    /// Requests received since start.
+    pub requests_total: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Dispatch threads alive.
+    pub threads: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    open: AtomicU64,
+    in_flight: AtomicU64,
+    total: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn request_started(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the dispatcher runs for a handler.
+pub(crate) enum WorkItem<H: Handler> {
+    Call(Arc<Exchange<H::State>>),
+    Resume(Arc<Exchange<H::State>>),
+    Close(Arc<Exchange<H::State>>),
+}
+
+pub(crate) struct Task<H: Handler> {
+    handler: Arc<H>,
+    item: WorkItem<H>,
+}
+
+impl<H: Handler> Job for Task<H> {
+    fn run(self) {
+        match &self.item {
+            WorkItem::Call(ex) => self.handler.call(ex),
+            WorkItem::Resume(ex) => self.handler.resume(ex),
+            WorkItem::Close(ex) => self.handler.close(ex),
+        }
+    }
+}
+
+struct DispatchWaking<H: Handler>(Arc<Dispatcher<Task<H>>>);
+
+impl<H: Handler> Waking for DispatchWaking<H> {
+    fn wake(&self, waker: Waker) {
+        self.0.wake(waker);
+    }
+}
+
+/// State shared by every connection of the engine.
+pub(crate) struct Shared<H: Handler> {
+    pub(crate) config: Config,
+    pub(crate) date: DateCache,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) stats: Counters,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) stop_notify: Notify,
+    handler: Arc<H>,
+    dispatcher: Arc<Dispatcher<Task<H>>>,
+    waking: Arc<dyn Waking>,
+    next_conn_id: AtomicU64,
+    done: Mutex<bool>,
+    done_cv: Condvar,
+}
+
+impl<H: Handler> Shared<H> {
+    pub(crate) fn submit(&self, item: WorkItem<H>) {
+        self.dispatcher.submit(Task {
+            handler: Arc::clone(&self.handler),
+            item,
+        });
+    }
+
+    pub(crate) fn waking(&self) -> Arc<dyn Waking> {
+        Arc::clone(&self.waking)
+    }
+
+    fn finish(&self) {
+        *self.done.lock() = true;
+        self.done_cv.notify_all();
+    }
+}
+
+/// A server: listeners, a runtime, dispatch threads, and a handler.
+pub struct Engine<H: Handler> {
+    shared: Arc<Shared<H>>,
+    rt: Arc<tokio::runtime::Runtime>,
+    listeners: Mutex<Option<Vec<Listener>>>,
+    shutdown_started: Mutex<bool>,
+}
+
+impl<H: Handler> Engine<H> {
+    /// Builds the engine; nothing runs until [`Engine::run`].
+    pub fn new(config: Config, listeners: Vec<Listener>, handler: H, gate: Arc<dyn Gate>) -> io::Result<Self> {
+        let dispatcher: Arc<Dispatcher<Task<H>>> = Dispatcher::new(gate, config.threads);
+        let (d1, d2) = (Arc::clone(&dispatcher), Arc::clone(&dispatcher));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(move || d1.before_park())
+            .on_thread_unpark(move || d2.after_unpark())
+            .build()?;
+        let access_log = config.access_log.clone().map(AccessLog::new);
+        let policy = Arc::new(Policy {
+            keepalive: config.keepalive,
+            stopping: Default::default(),
+        });
+        let waking: Arc<dyn Waking> = Arc::new(DispatchWaking::<H>(Arc::clone(&dispatcher)));
+        let shared = Arc::new(Shared {
+            config,
+            date: DateCache::default(),
+            access_log,
+            stats: Counters::default(),
+            policy,
+            stop_notify: Notify::new(),
+            handler: Arc::new(handler),
+            dispatcher,
+            waking,
+            next_conn_id: AtomicU64::new(1),
+            done: Mutex::new(false),
+            done_cv: Condvar::new(),
+        });
+        Ok(Engine {
+            shared,
+            rt: Arc::new(rt),
+            listeners: Mutex::new(Some(listeners)),
+            shutdown_started: Mutex::new(false),
+        })
+    }
+
+    /// Serves until shutdown completes. `tick` is called about every 50 ms on the calling
+    /// thread (e.g. to run signal handlers); if it returns false, shutdown starts with no
+    /// grace period.
+    pub fn run(&self, mut tick: impl FnMut() -> bool) -> io::Result<()> {
+        let listeners = self
+            .listeners
+            .lock()
+            .take()
+            .ok_or_else(|| io::Error::other("engine already ran"))?;
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_size.max(1)));
+        {
+            let _guard = self.rt.enter();
+            for l in listeners {
+                let l = l.into_tokio()?;
+                self.rt.spawn(accept_loop(Arc::clone(&self.shared), l, Arc::clone(&limit)));
+            }
+        }
+        self.rt.spawn(housekeeping(Arc::clone(&self.shared)));
+        self.shared.dispatcher.start(Arc::clone(&self.rt));
+        let mut done = self.shared.done.lock();
+        while !*done {
+            let timed_out = self.shared.done_cv.wait_for(&mut done, Duration::from_millis(50)).timed_out();
+            if timed_out && !*done {
+                drop(done);
+                if !tick() {
+                    self.shutdown(Duration::ZERO);
+                }
+                done = self.shared.done.lock();
+            }
+        }
+        drop(done);
+        self.shared.dispatcher.stop();
+        self.shared.dispatcher.join(Duration::from_secs(2));
+        if let Some(log) = &self.shared.access_log {
+            log.flush();
+        }
+        Ok(())
+    }
+
+    /// Stops accepting; requests in flight get `grace` to finish; idle connections close.
+    /// Returns at once; [`Engine::run`] returns when it is over.
+    pub fn shutdown(&self, grace: Duration) {
+        let mut started = self.shutdown_started.lock();
+        if *started {
+            if grace.is_zero() {
+                self.shared.finish();
+            }
+            return;
+        }
+        *started = true;
+        self.shared.policy.stopping.store(true, Ordering::SeqCst);
+        let shared = Arc::clone(&self.shared);
+        self.rt.spawn(async move {
+            shared.stop_notify.notify_waiters();
+            let deadline = tokio::time::Instant::now() + grace;
+            loop {
+                shared.stop_notify.notify_waiters();
+                if shared.stats.open.load(Ordering::Relaxed) == 0 || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            shared.finish();
+        });
+        if grace.is_zero() {
+            self.shared.finish();
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.stats;
+        Stats {
+            open_connections: c.open.load(Ordering::Relaxed),
+            requests_in_flight: c.in_flight.load(Ordering::Relaxed),
+            requests_total: c.total.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            threads: self.shared.dispatcher.threads() as u64,
+        }
+    }
+}
+
+/// The clock for `Date`, access-log flushing, and gate yields while busy.
+async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
+    let mut ticks: u32 = 0;
+    let mut interval = tokio::time::interval(Duration::from_millis(5));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        ticks = ticks.wrapping_add(1);
+        if shared.stats.in_flight.load(Ordering::Relaxed) > 0 {
+            // Lets a thread that finished a blocking call have the gate even when the
+            // leader is busy with I/O for a long time.
+            shared.dispatcher.yield_gate();
+        }
+        if ticks % 20 == 0 {
+            shared.date.refresh();
+            if let Some(log) = &shared.access_log {
+                log.flush();
+            }
+        }
+        if ticks % 20 == 0 && shared.stats.in_flight.load(Ordering::Relaxed) == 0 {
+            // Idle: tick slowly so an idle server does not wake 200 times a second.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            shared.date.refresh();
+            interval.reset();
+        }
+    }
+}
+
+async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: TokioListener, limit: Arc<Semaphore>) {
+    let local = match &listener {
+        TokioListener::Tcp(l) => l.local_addr().map(PeerAddr::Tcp).unwrap_or(PeerAddr::Unix(String::new())),
+        TokioListener::Unix(l) => PeerAddr::Unix(
+            l.local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_default(),
+        ),
+    };
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shared.stop_notify.notified() => return,
+        };
+        if shared.policy.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = shared.stop_notify.notified() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+                let info = Arc::new(ConnInfo {
+                    id,
+                    peer,
+                    local: local.clone(),
+                    policy: Arc::clone(&shared.policy),
+                });
+                let shared2 = Arc::clone(&shared);
+                shared.stats.open.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    match stream {
+                        Accepted::Tcp(s) => {
+                            let _ = s.set_nodelay(true);
+                            connection::serve(Arc::clone(&shared2), s, info).await
+                        }
+                        Accepted::Unix(s) => connection::serve(Arc::clone(&shared2), s, info).await,
+                    }
+                    shared2.stats.open.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                drop(permit);
+                // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a ready listener.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &TokioListener) -> io::Result<(Accepted, PeerAddr)> {
+    match listener {
+        TokioListener::Tcp(l) => {
+            let (s, a) = l.accept().await?;
+            Ok((Accepted::Tcp(s), PeerAddr::Tcp(a)))
+        }
+        TokioListener::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok((Accepted::Unix(s), PeerAddr::Unix(String::new())))
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send<H: Handler>() {
+    fn is_send<T: Send>() {}
+    is_send::<Shared<H>>();
+    let _ = AtomicUsize::new(0);
+}

@@ -1,0 +1,302 @@
+//! One request/response exchange, shared between its connection task (inside the
+//! runtime) and the application code (on a dispatch thread).
+//!
+//! The application side pulls body bytes and pushes the response; the connection task
+//! reads and writes the socket. They meet in [`Exchange`], under one small mutex.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use unyoke_http::{BodyFraming, RequestHead};
+
+use crate::connection::ConnInfo;
+
+/// Wakes a connection task; implemented by the dispatcher (which may defer the wake).
+pub trait Waking: Send + Sync {
+    /// Wakes `waker` now or soon.
+    fn wake(&self, waker: Waker);
+}
+
+/// Why a body read failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// The client sent a malformed body or closed mid-body (status for the log).
+    Malformed(u16),
+    /// The client went away.
+    Disconnected,
+    /// Nothing arrived within the inactivity timeout.
+    Timeout,
+}
+
+/// What a non-blocking body read found.
+#[derive(Debug)]
+pub enum BodyRead {
+    /// Bytes (at most the amount asked for).
+    Data(Bytes),
+    /// The body is complete.
+    Eof,
+    /// Nothing buffered yet: the connection task has been asked for more; wait.
+    Pending,
+    /// The body cannot be read.
+    Error(BodyError),
+}
+
+/// A piece of the response body.
+#[derive(Debug)]
+pub enum OutChunk {
+    /// Bytes to send.
+    Data(Bytes),
+    /// `len` bytes of `file` from `offset` (sendfile on plain TCP, read+write otherwise).
+    File {
+        /// The open file.
+        file: std::fs::File,
+        /// Where to start.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+}
+
+impl OutChunk {
+    fn len(&self) -> u64 {
+        match self {
+            OutChunk::Data(b) => b.len() as u64,
+            OutChunk::File { len, .. } => *len,
+        }
+    }
+}
+
+/// The response head as the application gave it, ready for the wire.
+#[derive(Debug)]
+pub struct ResponseStart {
+    /// Status line and header lines, each ending in CRLF, without the final CRLF and
+    /// without Date/Server/Connection/Transfer-Encoding (the connection adds those).
+    pub head: Vec<u8>,
+    /// The status code (for the log and the framing rules).
+    pub status: u16,
+    /// How the body is framed.
+    pub framing: BodyFraming,
+    /// Whether the connection may persist after this response.
+    pub keep_alive: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Inner {
+    // Request body, filled by the connection task.
+    pub(crate) body: VecDeque<Bytes>,
+    pub(crate) body_buffered: usize,
+    pub(crate) body_eof: bool,
+    pub(crate) body_error: Option<BodyError>,
+    /// The application waits for body bytes.
+    pub(crate) demand: bool,
+    /// Extra header lines for `100 Continue` (each ending in CRLF).
+    pub(crate) continue_headers: Vec<u8>,
+    // Response, filled by the application.
+    pub(crate) start: Option<ResponseStart>,
+    pub(crate) start_taken: bool,
+    pub(crate) out: VecDeque<OutChunk>,
+    pub(crate) out_bytes: u64,
+    pub(crate) finished: bool,
+    /// The response cannot be completed: close the connection after what was sent.
+    pub(crate) aborted: bool,
+    /// The application has more to produce once the output drains.
+    pub(crate) want_more: bool,
+    // Connection state.
+    pub(crate) gone: bool,
+    task_waker: Option<Waker>,
+    signaled: bool,
+}
+
+/// The state one request shares between its connection and its application call.
+pub struct Exchange<S> {
+    /// The request head.
+    pub head: RequestHead,
+    /// The connection it arrived on.
+    pub conn: Arc<ConnInfo>,
+    /// When the head was complete.
+    pub started: Instant,
+    pub(crate) inner: Mutex<Inner>,
+    body_cv: Condvar,
+    waking: Arc<dyn Waking>,
+    /// The handler's per-request state (e.g. the response iterator).
+    pub state: Mutex<Option<S>>,
+}
+
+/// Output above which the application should stop producing until the socket drains.
+pub const OUTPUT_HIGH_WATER: u64 = 512 * 1024;
+
+impl<S> Exchange<S> {
+    pub(crate) fn new(head: RequestHead, conn: Arc<ConnInfo>, waking: Arc<dyn Waking>) -> Self {
+        Exchange {
+            head,
+            conn,
+            started: Instant::now(),
+            inner: Mutex::new(Inner::default()),
+            body_cv: Condvar::new(),
+            waking,
+            state: Mutex::new(None),
+        }
+    }
+
+    fn signal(&self, inner: &mut Inner) {
+        inner.signaled = true;
+        if let Some(w) = inner.task_waker.take() {
+            self.waking.wake(w);
+        }
+    }
+
+    pub(crate) fn poll_signal(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.lock();
+        if inner.signaled {
+            inner.signaled = false;
+            return Poll::Ready(());
+        }
+        match &inner.task_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.task_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
+    }
+
+    pub(crate) fn notify_app(&self) {
+        self.body_cv.notify_all();
+    }
+
+    // ----- application side -----
+
+    /// Reads up to `max` body bytes without blocking.
+    pub fn try_read_body(&self, max: usize) -> BodyRead {
+        let mut inner = self.inner.lock();
+        if let Some(front) = inner.body.front_mut() {
+            let data = if front.len() <= max {
+                inner.body.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(max)
+            };
+            inner.body_buffered -= data.len();
+            if !inner.body_eof && !inner.demand {
+                // Keep the read-ahead going.
+                self.signal(&mut inner);
+            }
+            return BodyRead::Data(data);
+        }
+        if let Some(e) = inner.body_error {
+            return BodyRead::Error(e);
+        }
+        if inner.body_eof {
+            return BodyRead::Eof;
+        }
+        if !inner.demand {
+            inner.demand = true;
+            self.signal(&mut inner);
+        }
+        BodyRead::Pending
+    }
+
+    /// Blocks until body bytes, the end of the body, or an error are there. Call without
+    /// the gate (GIL) held, after `try_read_body` returned `Pending`.
+    pub fn wait_body(&self) {
+        let mut inner = self.inner.lock();
+        while inner.body.is_empty() && !inner.body_eof && inner.body_error.is_none() {
+            self.body_cv.wait(&mut inner);
+        }
+    }
+
+    /// All body bytes currently buffered, concatenated (for a fast `read()` of a small body).
+    pub fn body_is_complete(&self) -> bool {
+        let inner = self.inner.lock();
+        inner.body_eof && inner.body_error.is_none()
+    }
+
+    /// Sets header lines (each `Name: value\r\n`) for the `100 Continue` response.
+    pub fn set_continue_headers(&self, lines: Vec<u8>) {
+        self.inner.lock().continue_headers = lines;
+    }
+
+    /// Starts the response. Returns false if the client is gone.
+    pub fn start(&self, start: ResponseStart) -> bool {
+        let mut inner = self.inner.lock();
+        inner.start = Some(start);
+        self.signal(&mut inner);
+        !inner.gone
+    }
+
+    /// Whether the response head has been handed over.
+    pub fn is_started(&self) -> bool {
+        self.inner.lock().start.is_some() || self.inner.lock().start_taken
+    }
+
+    /// Queues body bytes. Returns false if the client is gone (the bytes are dropped).
+    pub fn send(&self, chunk: OutChunk) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.gone || inner.aborted {
+            return false;
+        }
+        inner.out_bytes += chunk.len();
+        inner.out.push_back(chunk);
+        self.signal(&mut inner);
+        true
+    }
+
+    /// Starts the response and queues its whole body in one step, then finishes.
+    pub fn respond(&self, start: ResponseStart, body: impl IntoIterator<Item = OutChunk>) -> bool {
+        let mut inner = self.inner.lock();
+        inner.start = Some(start);
+        if !inner.gone {
+            for chunk in body {
+                inner.out_bytes += chunk.len();
+                inner.out.push_back(chunk);
+            }
+        }
+        inner.finished = true;
+        self.signal(&mut inner);
+        !inner.gone
+    }
+
+    /// Bytes queued and not yet taken by the connection.
+    pub fn queued_bytes(&self) -> u64 {
+        self.inner.lock().out_bytes
+    }
+
+    /// Asks to be resumed (`Handler::resume`) once the queued output has been written.
+    pub fn want_more(&self) {
+        let mut inner = self.inner.lock();
+        inner.want_more = true;
+        self.signal(&mut inner);
+    }
+
+    /// The response is complete.
+    pub fn finish(&self) {
+        let mut inner = self.inner.lock();
+        inner.finished = true;
+        self.signal(&mut inner);
+    }
+
+    /// The response cannot be completed properly: the connection closes after what was
+    /// queued (so a truncated body never passes for a whole one).
+    pub fn abort(&self) {
+        let mut inner = self.inner.lock();
+        inner.aborted = true;
+        inner.finished = true;
+        self.signal(&mut inner);
+    }
+
+    /// The client has gone away.
+    pub fn is_gone(&self) -> bool {
+        self.inner.lock().gone
+    }
+
+    /// Whether the connection may persist after this request, as far as the request
+    /// and the server allow (the framing may still turn it off).
+    pub fn keep_alive(&self) -> bool {
+        self.head.keep_alive && self.conn.keep_alive_allowed()
+    }
+}
