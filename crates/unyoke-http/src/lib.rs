@@ -7,13 +7,19 @@
 mod chunked;
 mod date;
 mod error;
+mod head;
 mod request;
 mod response;
+mod syntax;
 
-pub use chunked::{chunk_header, ChunkHeader, LAST_CHUNK};
+pub use chunked::{
+    chunk_header, ChunkHeader, LAST_CHUNK, MAX_CHUNK_EXTENSIONS, MAX_CHUNK_SIZE_LINE,
+};
 pub use date::http_date;
 pub use error::RequestError;
-pub use request::{BodyKind, Event, Limits, RequestDecoder, RequestHead, Version};
+pub use request::{
+    BodyKind, Event, Limits, RequestDecoder, RequestHead, Version, MAX_EMPTY_LINES_BEFORE_REQUEST,
+};
 pub use response::{
     is_hop_by_hop, is_valid_header_name, is_valid_header_value, parse_status, plan_response,
     write_header, BodyFraming, ResponseFraming,

@@ -1,8 +1,15 @@
 //! The request decoder: request line, headers, body framing (RFC 9112 §2-§7).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
+use crate::chunked::{ChunkEvent, ChunkedDecoder};
 use crate::error::RequestError;
+use crate::head::{parse_head, HeadScan};
+
+/// Empty lines (CRLF) ignored before a request line, per message (RFC 9112 §2.2 asks
+/// servers to ignore at least one, sent by some clients after a POST body). More → 400
+/// `InvalidRequestLine`.
+pub const MAX_EMPTY_LINES_BEFORE_REQUEST: u8 = 4;
 
 /// Limits on what a peer may send. Each has a default and the status it produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +83,7 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` was sent (HTTP/1.1 only).
     pub expect_continue: bool,
+    pub(crate) other_expectation: bool,
 }
 
 impl RequestHead {
@@ -110,6 +118,17 @@ impl RequestHead {
     pub fn is_head(&self) -> bool {
         self.method() == b"HEAD"
     }
+
+    /// Whether an `Expect` field listed anything other than `100-continue` (any
+    /// version). The engine may answer 417 Expectation Failed.
+    pub fn has_other_expectation(&self) -> bool {
+        self.other_expectation
+    }
+
+    /// The whole head as received (request line, fields, final CRLF).
+    pub fn raw(&self) -> &Bytes {
+        &self.buf
+    }
 }
 
 /// What the decoder produced.
@@ -124,43 +143,170 @@ pub enum Event {
     End,
 }
 
+/// Where the decoder is in the connection's life. Every transition happens in
+/// `RequestDecoder::step`.
+#[derive(Debug, Clone)]
+enum State {
+    /// Waiting for, or in the middle of, a request head.
+    Head {
+        scan: HeadScan,
+        /// Empty lines skipped before this head.
+        empty_lines: u8,
+    },
+    /// The head had no body; `End` is next.
+    EmptyBody,
+    /// A Content-Length body with `remaining` bytes still to come (`End` once 0).
+    Length { remaining: u64 },
+    /// A chunked body.
+    Chunked(ChunkedDecoder),
+    /// A request was refused; the connection must close.
+    Failed(RequestError),
+}
+
+impl State {
+    fn idle() -> State {
+        State::Head {
+            scan: HeadScan::new(),
+            empty_lines: 0,
+        }
+    }
+}
+
 /// Decodes requests from a byte stream, one message after another.
 #[derive(Debug)]
 pub struct RequestDecoder {
     limits: Limits,
-    // Implementation state lives here.
+    state: State,
+    /// The current request asked for `100-continue`.
+    expect_continue: bool,
+    /// Some body byte of the current request has been handed out.
+    body_started: bool,
 }
 
 impl RequestDecoder {
     /// A decoder waiting for the first request head.
     pub fn new(limits: Limits) -> Self {
-        let _ = limits;
-        todo!()
+        RequestDecoder {
+            limits,
+            state: State::idle(),
+            expect_continue: false,
+            body_started: false,
+        }
+    }
+
+    /// The limits this decoder enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Decodes the next event from the front of `buf`, splitting off the bytes it
     /// consumed. `Ok(None)` means more bytes are needed (nothing is lost: call again when
     /// more have been appended). After an `Err` the connection must be closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, RequestError> {
-        let _ = buf;
-        todo!()
+        let result = self.step(buf);
+        if let Err(e) = result {
+            self.state = State::Failed(e);
+        }
+        result
     }
 
     /// The peer closed its sending side. `Ok(None)` if that happened between messages;
     /// `Err(IncompleteMessage)` if a message was in progress (after first decoding any
     /// events still complete in `buf`, which are returned one per call as with `decode`).
     pub fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, RequestError> {
-        let _ = buf;
-        todo!()
+        if let Some(event) = self.decode(buf)? {
+            return Ok(Some(event));
+        }
+        if self.is_idle() && buf.is_empty() {
+            return Ok(None);
+        }
+        self.state = State::Failed(RequestError::IncompleteMessage);
+        Err(RequestError::IncompleteMessage)
     }
 
-    /// True between messages: no head and no body is in progress.
+    /// True between messages: no head and no body is in progress (as of the last call to
+    /// `decode`; bytes appended since have not been looked at).
     pub fn is_idle(&self) -> bool {
-        todo!()
+        matches!(&self.state, State::Head { scan, .. } if scan.is_untouched())
     }
 
     /// True after a head whose body has not been fully decoded yet.
     pub fn in_body(&self) -> bool {
-        todo!()
+        matches!(
+            self.state,
+            State::EmptyBody | State::Length { .. } | State::Chunked(_)
+        )
+    }
+
+    /// True while a `100 Continue` still makes sense: the current request sent
+    /// `Expect: 100-continue`, it has a body, and no byte of it has been decoded yet.
+    pub fn expecting_continue(&self) -> bool {
+        self.expect_continue
+            && !self.body_started
+            && matches!(self.state, State::Length { .. } | State::Chunked(_))
+    }
+
+    /// The one place where the state changes.
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, RequestError> {
+        match &mut self.state {
+            State::Failed(e) => Err(*e),
+            State::Head { scan, empty_lines } => {
+                if scan.is_untouched() {
+                    loop {
+                        match (buf.first(), buf.get(1)) {
+                            (None, _) | (Some(b'\r'), None) => return Ok(None),
+                            (Some(b'\r'), Some(b'\n')) => {
+                                if *empty_lines >= MAX_EMPTY_LINES_BEFORE_REQUEST {
+                                    return Err(RequestError::InvalidRequestLine);
+                                }
+                                *empty_lines += 1;
+                                buf.advance(2);
+                            }
+                            (Some(b'\r' | b'\n'), _) => {
+                                return Err(RequestError::InvalidLineEnding)
+                            }
+                            (Some(_), _) => break,
+                        }
+                    }
+                }
+                let Some(end) = scan.scan(buf, &self.limits)? else {
+                    return Ok(None);
+                };
+                let head = parse_head(buf.split_to(end.len).freeze(), &self.limits)?;
+                self.state = match head.body {
+                    BodyKind::Empty => State::EmptyBody,
+                    BodyKind::Length(remaining) => State::Length { remaining },
+                    BodyKind::Chunked => State::Chunked(ChunkedDecoder::new()),
+                };
+                self.expect_continue = head.expect_continue;
+                self.body_started = false;
+                Ok(Some(Event::Head(head)))
+            }
+            State::EmptyBody | State::Length { remaining: 0 } => {
+                self.state = State::idle();
+                Ok(Some(Event::End))
+            }
+            State::Length { remaining } => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (*remaining).min(buf.len() as u64);
+                *remaining -= n;
+                self.body_started = true;
+                // n <= buf.len(), so it fits in usize.
+                Ok(Some(Event::Data(buf.split_to(n as usize).freeze())))
+            }
+            State::Chunked(chunked) => match chunked.decode(buf, &self.limits)? {
+                None => Ok(None),
+                Some(ChunkEvent::Data(data)) => {
+                    self.body_started = true;
+                    Ok(Some(Event::Data(data)))
+                }
+                Some(ChunkEvent::End) => {
+                    self.state = State::idle();
+                    Ok(Some(Event::End))
+                }
+            },
+        }
     }
 }

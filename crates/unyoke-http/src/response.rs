@@ -1,6 +1,7 @@
 //! Response framing decisions and header encoding (RFC 9112 §6, RFC 9110 §6.4.1).
 
 use crate::request::Version;
+use crate::syntax::{is_field_value_char, is_tchar};
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,34 +36,68 @@ pub fn plan_response(
     status: u16,
     content_length: Option<u64>,
 ) -> ResponseFraming {
-    let _ = (is_head, version, keep_alive, status, content_length);
-    todo!()
+    let body = if is_head || (100..200).contains(&status) || status == 204 || status == 304 {
+        BodyFraming::NoBody
+    } else {
+        match (content_length, version) {
+            (Some(n), _) => BodyFraming::Length(n),
+            (None, Version::Http11) => BodyFraming::Chunked,
+            (None, Version::Http10) => BodyFraming::Close,
+        }
+    };
+    ResponseFraming {
+        body,
+        keep_alive: keep_alive && body != BodyFraming::Close,
+    }
 }
 
 /// Parses a WSGI status line such as `b"200 OK"`: three digits, a space, and a reason
 /// phrase of visible characters, spaces and tabs (possibly empty). Returns the code (100-999).
+///
+/// A bare `b"200"` is refused: PEP 3333 requires the reason phrase (and its space).
 pub fn parse_status(status: &[u8]) -> Option<u16> {
-    let _ = status;
-    todo!()
+    let [a, b, c, b' ', reason @ ..] = status else {
+        return None;
+    };
+    if !(b'1'..=b'9').contains(a) || !b.is_ascii_digit() || !c.is_ascii_digit() {
+        return None;
+    }
+    // reason-phrase = *( HTAB / SP / VCHAR / obs-text )
+    if !reason.iter().all(|&b| is_field_value_char(b)) {
+        return None;
+    }
+    Some(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
 }
 
 /// A valid field name: one or more `tchar`s (RFC 9110 §5.1).
 pub fn is_valid_header_name(name: &[u8]) -> bool {
-    let _ = name;
-    todo!()
+    !name.is_empty() && name.iter().all(|&b| is_tchar(b))
 }
 
 /// A valid field value: no NUL, CR, LF or other control characters except HTAB; obs-text allowed.
+///
+/// Leading and trailing whitespace is allowed here (the encoder writes the value as is).
 pub fn is_valid_header_value(value: &[u8]) -> bool {
-    let _ = value;
-    todo!()
+    value.iter().all(|&b| is_field_value_char(b))
 }
 
 /// Hop-by-hop fields an application must not set (PEP 3333): Connection, Keep-Alive,
-/// Proxy-Authenticate, Proxy-Authorization, TE, Trailer(s), Transfer-Encoding, Upgrade.
+/// Proxy-Authenticate, Proxy-Authorization, TE, Trailer(s), Transfer-Encoding, Upgrade,
+/// and the non-standard Proxy-Connection. ASCII case-insensitive.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    let _ = name;
-    todo!()
+    const HOP_BY_HOP: [&[u8]; 10] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Appends `name: value\r\n` to `dst` (no validation: validate first).
