@@ -1,1 +1,125 @@
-//! binding
+//! The Python binding of unyoke: the only crate that knows Python. It turns requests
+//! into PEP 3333 calls and the application's answers into engine output.
+
+mod environ;
+mod file_wrapper;
+mod gate;
+mod handler;
+mod input;
+mod settings;
+mod start_response;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use unyoke_server::{Listener, ListenerKind};
+
+pyo3::create_exception!(
+    _unyoke,
+    ClientDisconnected,
+    PyOSError,
+    "The client went away (or sent a malformed body) while the application read or wrote."
+);
+
+/// A server bound to listening sockets, serving one WSGI application.
+#[pyclass(module = "unyoke._unyoke", name = "Engine", frozen)]
+struct Engine {
+    inner: unyoke_server::Engine<handler::WsgiHandler>,
+}
+
+#[pymethods]
+impl Engine {
+    /// `Engine(app, listeners, settings)`: `listeners` is a list of `(fd, kind, display)`
+    /// with kind "tcp" or "unix" (the fds are duplicated); `settings` the validated
+    /// settings dict.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        app: Py<PyAny>,
+        listeners: Vec<(i32, String, String)>,
+        settings: &Bound<'_, PyDict>,
+    ) -> PyResult<Self> {
+        if !app.bind(py).is_callable() {
+            return Err(PyValueError::new_err("the application is not callable"));
+        }
+        let (config, wsgi) = settings::from_dict(settings)?;
+        let extra = match settings.get_item("environ")? {
+            Some(e) if !e.is_none() => Some(e.downcast_into::<PyDict>().map_err(|_| {
+                PyValueError::new_err("setting environ: must be a dict of str to str")
+            })?),
+            _ => None,
+        };
+        let handler = handler::WsgiHandler::new(py, app, wsgi, extra.as_ref())?;
+        let mut ls = Vec::with_capacity(listeners.len());
+        for (fd, kind, display) in listeners {
+            let kind = match kind.as_str() {
+                "tcp" => ListenerKind::Tcp,
+                "unix" => ListenerKind::Unix,
+                other => return Err(PyValueError::new_err(format!("unknown listener kind {other:?}"))),
+            };
+            ls.push(Listener::from_fd(fd, kind, display).map_err(|e| PyOSError::new_err(e.to_string()))?);
+        }
+        if ls.is_empty() {
+            return Err(PyValueError::new_err("no listening socket"));
+        }
+        let inner = unyoke_server::Engine::new(config, ls, handler, Arc::new(gate::Gil))
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the engine: {e}")))?;
+        Ok(Engine { inner })
+    }
+
+    /// Serves until shutdown completes. Runs pending signal handlers about every 50 ms;
+    /// if one raises, shuts down at once and re-raises.
+    fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let mut raised: Option<PyErr> = None;
+        let result = py.allow_threads(|| {
+            self.inner.run(|| {
+                Python::with_gil(|py| match py.check_signals() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        raised = Some(e);
+                        false
+                    }
+                })
+            })
+        });
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        result.map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Stops accepting; requests in flight get `grace` seconds; then `run()` returns.
+    #[pyo3(signature = (grace = 30.0))]
+    fn shutdown(&self, grace: f64) {
+        let grace = if grace.is_finite() && grace > 0.0 { grace.min(1e6) } else { 0.0 };
+        self.inner.shutdown(Duration::from_secs_f64(grace));
+    }
+
+    /// Counters: open_connections, requests_in_flight, requests_total, bytes_in,
+    /// bytes_out, threads.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("open_connections", s.open_connections)?;
+        d.set_item("requests_in_flight", s.requests_in_flight)?;
+        d.set_item("requests_total", s.requests_total)?;
+        d.set_item("bytes_in", s.bytes_in)?;
+        d.set_item("bytes_out", s.bytes_out)?;
+        d.set_item("threads", s.threads)?;
+        Ok(d)
+    }
+}
+
+#[pymodule]
+fn _unyoke(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_class::<input::Input>()?;
+    m.add_class::<start_response::StartResponse>()?;
+    m.add_class::<file_wrapper::FileWrapper>()?;
+    m.add("ClientDisconnected", m.py().get_type::<ClientDisconnected>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

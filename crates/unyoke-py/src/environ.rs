@@ -1,0 +1,268 @@
+//! Builds the PEP 3333 environ from a request head: a copy of a template dict with the
+//! constant keys, then the per-request keys, with interned key strings.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use unyoke_http::{RequestHead, Version};
+use unyoke_server::{ConnInfo, PeerAddr};
+
+use crate::settings::WsgiSettings;
+
+/// Most distinct header names whose environ keys are cached (hostile clients can send
+/// arbitrary names; beyond this, keys are built per request).
+const HEADER_KEY_CACHE: usize = 512;
+
+pub struct EnvironBuilder {
+    template: Py<PyDict>,
+    k_method: Py<PyString>,
+    k_path: Py<PyString>,
+    k_query: Py<PyString>,
+    k_protocol: Py<PyString>,
+    k_remote_addr: Py<PyString>,
+    k_remote_port: Py<PyString>,
+    k_raw_uri: Py<PyString>,
+    k_request_uri: Py<PyString>,
+    k_server_name: Py<PyString>,
+    k_server_port: Py<PyString>,
+    pub k_input: Py<PyString>,
+    v_http10: Py<PyString>,
+    v_http11: Py<PyString>,
+    v_empty: Py<PyString>,
+    methods: Vec<(&'static [u8], Py<PyString>)>,
+    header_keys: Mutex<HashMap<Vec<u8>, Py<PyString>>>,
+    server_name: Option<Py<PyString>>,
+    /// (local address, SERVER_NAME, SERVER_PORT) for the last listener seen.
+    local_cache: Mutex<Vec<(PeerAddr, Py<PyString>, Py<PyString>)>>,
+}
+
+fn intern(py: Python<'_>, s: &str) -> Py<PyString> {
+    PyString::intern(py, s).unbind()
+}
+
+/// A str from bytes taken as latin-1 (PEP 3333's "native strings").
+pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    if bytes.is_ascii() {
+        // ASCII is valid UTF-8.
+        PyString::new(py, std::str::from_utf8(bytes).unwrap_or_default())
+    } else {
+        let s: String = bytes.iter().map(|&b| b as char).collect();
+        PyString::new(py, &s)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes a path; invalid escapes are kept as they are.
+fn percent_decode(path: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !path.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && i + 2 < path.len() {
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Splits a request target into (path, query). An absolute-form target
+/// (`http://host/path`) contributes its path only.
+fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
+    let mut t = target;
+    if !t.starts_with(b"/") {
+        if let Some(pos) = t.windows(3).position(|w| w == b"://") {
+            let rest = &t[pos + 3..];
+            t = match rest.iter().position(|&b| b == b'/' || b == b'?') {
+                Some(p) if rest[p] == b'/' => &rest[p..],
+                Some(p) => &rest[p..],
+                None => b"",
+            };
+        }
+    }
+    match t.iter().position(|&b| b == b'?') {
+        Some(q) => (&t[..q], &t[q + 1..]),
+        None => (t, b""),
+    }
+}
+
+impl EnvironBuilder {
+    pub fn new(
+        py: Python<'_>,
+        settings: &WsgiSettings,
+        extra: Option<&Bound<'_, PyDict>>,
+        file_wrapper: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let template = PyDict::new(py);
+        let sys = py.import("sys")?;
+        template.set_item("SCRIPT_NAME", "")?;
+        template.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+        template.set_item("wsgi.url_scheme", settings.url_scheme.as_str())?;
+        template.set_item("wsgi.errors", sys.getattr("stderr")?)?;
+        template.set_item("wsgi.multithread", true)?;
+        template.set_item("wsgi.multiprocess", settings.multiprocess)?;
+        template.set_item("wsgi.run_once", false)?;
+        template.set_item("wsgi.input_terminated", true)?;
+        template.set_item("wsgi.file_wrapper", file_wrapper)?;
+        template.set_item("SERVER_SOFTWARE", concat!("unyoke/", env!("CARGO_PKG_VERSION")))?;
+        if let Some(extra) = extra {
+            for (k, v) in extra.iter() {
+                template.set_item(k, v)?;
+            }
+        }
+        let methods = [
+            "GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+        ]
+        .iter()
+        .map(|m| (m.as_bytes(), intern(py, m)))
+        .collect();
+        Ok(EnvironBuilder {
+            template: template.unbind(),
+            k_method: intern(py, "REQUEST_METHOD"),
+            k_path: intern(py, "PATH_INFO"),
+            k_query: intern(py, "QUERY_STRING"),
+            k_protocol: intern(py, "SERVER_PROTOCOL"),
+            k_remote_addr: intern(py, "REMOTE_ADDR"),
+            k_remote_port: intern(py, "REMOTE_PORT"),
+            k_raw_uri: intern(py, "RAW_URI"),
+            k_request_uri: intern(py, "REQUEST_URI"),
+            k_server_name: intern(py, "SERVER_NAME"),
+            k_server_port: intern(py, "SERVER_PORT"),
+            k_input: intern(py, "wsgi.input"),
+            v_http10: intern(py, "HTTP/1.0"),
+            v_http11: intern(py, "HTTP/1.1"),
+            v_empty: intern(py, ""),
+            methods,
+            header_keys: Mutex::new(HashMap::new()),
+            server_name: settings.server_name.as_deref().map(|s| intern(py, s)),
+            local_cache: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn header_key<'py>(&self, py: Python<'py>, name: &[u8]) -> Option<Bound<'py, PyString>> {
+        if name.contains(&b'_') {
+            // Dropped: `X_Foo` would collide with `X-Foo` in the environ.
+            return None;
+        }
+        let mut cache = self.header_keys.lock();
+        if let Some(k) = cache.get(name) {
+            return Some(k.bind(py).clone());
+        }
+        let key = if name.eq_ignore_ascii_case(b"content-type") {
+            "CONTENT_TYPE".to_string()
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            "CONTENT_LENGTH".to_string()
+        } else {
+            let mut k = String::with_capacity(name.len() + 5);
+            k.push_str("HTTP_");
+            for &b in name {
+                k.push(if b == b'-' { '_' } else { b.to_ascii_uppercase() as char });
+            }
+            k
+        };
+        let key = PyString::intern(py, &key);
+        if cache.len() < HEADER_KEY_CACHE {
+            cache.insert(name.to_vec(), key.clone().unbind());
+        }
+        Some(key)
+    }
+
+    fn local<'py>(&self, py: Python<'py>, conn: &ConnInfo) -> (Bound<'py, PyString>, Bound<'py, PyString>) {
+        let mut cache = self.local_cache.lock();
+        if let Some((_, n, p)) = cache.iter().find(|(a, _, _)| *a == conn.local) {
+            return (n.bind(py).clone(), p.bind(py).clone());
+        }
+        let (name, port) = match &conn.local {
+            PeerAddr::Tcp(a) => (a.ip().to_string(), a.port().to_string()),
+            PeerAddr::Unix(p) => (if p.is_empty() { "localhost".to_string() } else { p.clone() }, String::new()),
+        };
+        let name = match &self.server_name {
+            Some(n) => n.bind(py).clone(),
+            None => PyString::new(py, &name),
+        };
+        let port = PyString::new(py, &port);
+        if cache.len() < 16 {
+            cache.push((conn.local.clone(), name.clone().unbind(), port.clone().unbind()));
+        }
+        (name, port)
+    }
+
+    /// The environ for one request.
+    pub fn build<'py>(
+        &self,
+        py: Python<'py>,
+        head: &RequestHead,
+        conn: &ConnInfo,
+        pretend_http10: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let env = self.template.bind(py).copy()?;
+        let method = head.method();
+        match self.methods.iter().find(|(m, _)| *m == method) {
+            Some((_, v)) => env.set_item(&self.k_method, v)?,
+            None => env.set_item(&self.k_method, latin1(py, method))?,
+        }
+        let target = head.target();
+        let (path, query) = split_target(target);
+        env.set_item(&self.k_path, latin1(py, &percent_decode(path)))?;
+        if query.is_empty() {
+            env.set_item(&self.k_query, &self.v_empty)?;
+        } else {
+            env.set_item(&self.k_query, latin1(py, query))?;
+        }
+        let raw = latin1(py, target);
+        env.set_item(&self.k_raw_uri, &raw)?;
+        env.set_item(&self.k_request_uri, &raw)?;
+        // Exactly as the client sent it, whatever max_http_version says.
+        let _ = pretend_http10;
+        let proto = if head.version == Version::Http10 {
+            &self.v_http10
+        } else {
+            &self.v_http11
+        };
+        env.set_item(&self.k_protocol, proto)?;
+        let (name, port) = self.local(py, conn);
+        env.set_item(&self.k_server_name, name)?;
+        env.set_item(&self.k_server_port, port)?;
+        match &conn.peer {
+            PeerAddr::Tcp(a) => {
+                env.set_item(&self.k_remote_addr, a.ip().to_string())?;
+                env.set_item(&self.k_remote_port, a.port().to_string())?;
+            }
+            PeerAddr::Unix(_) => {
+                env.set_item(&self.k_remote_addr, "")?;
+                env.set_item(&self.k_remote_port, "")?;
+            }
+        }
+        for (name, value) in head.headers() {
+            let Some(key) = self.header_key(py, name) else { continue };
+            let value = latin1(py, value);
+            match env.get_item(&key)? {
+                Some(prev) if key.to_str().map(|k| k.starts_with("HTTP_")).unwrap_or(false) => {
+                    let sep = if name.eq_ignore_ascii_case(b"cookie") { "; " } else { ", " };
+                    let joined = format!("{}{}{}", prev.str()?.to_str()?, sep, value.to_str()?);
+                    env.set_item(key, joined)?;
+                }
+                Some(_) => {} // a repeated, identical Content-Length (the codec checked)
+                None => env.set_item(key, value)?,
+            }
+        }
+        Ok(env)
+    }
+}

@@ -1,0 +1,85 @@
+//! Reads the engine's settings from the dict the Python side validated (config.py is
+//! the one table of settings; this only converts).
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use unyoke_server::{Config, LogFormat};
+
+/// Settings the WSGI layer uses itself.
+#[derive(Debug, Clone)]
+pub struct WsgiSettings {
+    pub url_scheme: String,
+    pub server_name: Option<String>,
+    pub expose_tracebacks: bool,
+    pub capitalize_response_headers: bool,
+    pub pretend_http10: bool,
+    pub multiprocess: bool,
+    pub minimum_chunk_size: usize,
+}
+
+fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T) -> PyResult<T> {
+    match d.get_item(key)? {
+        Some(v) if !v.is_none() => v
+            .extract::<T>()
+            .map_err(|e| PyValueError::new_err(format!("setting {key}: {e}"))),
+        _ => Ok(default),
+    }
+}
+
+fn seconds(d: &Bound<'_, PyDict>, key: &str, default: f64) -> PyResult<Duration> {
+    let s: f64 = get(d, key, default)?;
+    if !(s.is_finite() && s >= 0.0) {
+        return Err(PyValueError::new_err(format!("setting {key}: must be a non-negative number of seconds")));
+    }
+    Ok(Duration::from_secs_f64(s.min(1e9)))
+}
+
+/// Builds the engine and WSGI settings.
+pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
+    let mut c = Config::default();
+    c.limits.max_request_header_size = get(d, "max_request_header_size", c.limits.max_request_header_size)?;
+    c.limits.url_length_limit = get(d, "url_length_limit", c.limits.url_length_limit)?;
+    c.limits.max_request_body_size = get(d, "max_request_body_size", c.limits.max_request_body_size)?;
+    c.header_timeout = seconds(d, "header_timeout", 10.0)?;
+    c.keepalive_timeout = seconds(d, "keepalive_timeout", 5.0)?;
+    c.inactivity_timeout = seconds(d, "inactivity_timeout", 60.0)?;
+    c.max_size = get(d, "max_size", c.max_size)?;
+    c.keepalive = get(d, "keepalive", true)?;
+    c.threads = get::<usize>(d, "threads", c.threads)?.max(1) + 1;
+    let identity: String = get(d, "identity", "unyoke".to_string())?;
+    if identity.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(PyValueError::new_err("setting identity: control characters are not allowed"));
+    }
+    c.identity = identity.into_bytes();
+    c.inbuf_overflow = get(d, "inbuf_overflow", c.inbuf_overflow)?;
+    c.log_x_forwarded_for = get(d, "log_x_forwarded_for", true)?;
+    let access_log: bool = get(d, "access_log", true)?;
+    if access_log {
+        let fmt: String = get(
+            d,
+            "log_format",
+            "%(client_ip)s - - [%(date_time)s] \"%(request_line)s\" %(status_code)s %(body_length)s %(wall_seconds).6f".to_string(),
+        )?;
+        c.access_log = Some(LogFormat::parse(&fmt).map_err(PyValueError::new_err)?);
+    }
+    let max_http_version: String = get(d, "max_http_version", "HTTP/1.1".to_string())?;
+    let pretend_http10 = match max_http_version.as_str() {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        other => return Err(PyValueError::new_err(format!("setting max_http_version: {other:?} is not HTTP/1.0 or HTTP/1.1"))),
+    };
+    let workers: usize = get(d, "workers", 1usize)?;
+    let w = WsgiSettings {
+        url_scheme: get(d, "url_scheme", "http".to_string())?,
+        server_name: get(d, "server_name", None)?,
+        expose_tracebacks: get(d, "expose_tracebacks", false)?,
+        capitalize_response_headers: get(d, "capitalize_response_headers", false)?,
+        pretend_http10,
+        multiprocess: workers > 1,
+        minimum_chunk_size: get(d, "minimum_chunk_size", 0usize)?,
+    };
+    Ok((c, w))
+}

@@ -1,0 +1,281 @@
+//! `start_response` and the `write()` callable it returns (PEP 3333).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString, PyTuple};
+use unyoke_http::{plan_response, BodyFraming, Version};
+use unyoke_server::{Exchange, OutChunk, ResponseStart};
+
+use crate::handler::{HandlerShared, ReqState};
+use crate::ClientDisconnected;
+
+/// Bodies below this size are copied; larger ones are sent from the bytes object itself.
+const COPY_BELOW: usize = 4096;
+
+/// A Python bytes object's buffer, kept alive while the engine writes it.
+struct PyBytesOwner {
+    _obj: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a bytes object is immutable; its buffer stays valid and unchanged for as long
+// as `_obj` holds a reference, whichever thread reads it.
+unsafe impl Send for PyBytesOwner {}
+// SAFETY: as above, shared reads of immutable memory.
+unsafe impl Sync for PyBytesOwner {}
+
+impl AsRef<[u8]> for PyBytesOwner {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: ptr/len describe the live buffer of `_obj` (see the Send impl).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Turns a bytes object into engine bytes: copied when small, shared when large.
+pub fn to_bytes(b: &Bound<'_, PyBytes>) -> Bytes {
+    let data = b.as_bytes();
+    if data.len() < COPY_BELOW {
+        Bytes::copy_from_slice(data)
+    } else {
+        Bytes::from_owner(PyBytesOwner {
+            ptr: data.as_ptr(),
+            len: data.len(),
+            _obj: b.clone().unbind(),
+        })
+    }
+}
+
+/// The `start_response` callable of one request; also holds the response state.
+#[pyclass(module = "unyoke._unyoke", name = "StartResponse")]
+pub struct StartResponse {
+    pub(crate) ex: Arc<Exchange<ReqState>>,
+    pub(crate) shared: Arc<HandlerShared>,
+    /// The status line (e.g. b"200 OK") and its code, once start_response was called.
+    pub(crate) status: Option<(u16, Vec<u8>)>,
+    /// Encoded `Name: value\r\n` lines from the application.
+    pub(crate) headers: Vec<u8>,
+    pub(crate) content_length: Option<u64>,
+    /// The application sent `Connection: close`.
+    pub(crate) close: bool,
+    pub(crate) head_sent: bool,
+    pub(crate) framing: BodyFraming,
+}
+
+impl StartResponse {
+    pub fn new(ex: Arc<Exchange<ReqState>>, shared: Arc<HandlerShared>) -> Self {
+        StartResponse {
+            ex,
+            shared,
+            status: None,
+            headers: Vec::new(),
+            content_length: None,
+            close: false,
+            head_sent: false,
+            framing: BodyFraming::NoBody,
+        }
+    }
+
+    /// Sends the response head. `total` is the whole body length when known (a list
+    /// body, or an iterable already exhausted): it becomes Content-Length if the
+    /// application gave none.
+    pub fn send_head(&mut self, total: Option<u64>) -> PyResult<()> {
+        let start = self.prepare_head(total)?;
+        self.ex.start(start);
+        Ok(())
+    }
+
+    /// Builds the response head (see `send_head`) and marks it sent; the caller hands it
+    /// to the exchange.
+    pub fn prepare_head(&mut self, total: Option<u64>) -> PyResult<ResponseStart> {
+        let Some((code, status)) = &self.status else {
+            return Err(PyAssertionError::new_err(
+                "the application produced a body before calling start_response",
+            ));
+        };
+        let code = *code;
+        let pretend10 = self.shared.settings.pretend_http10;
+        let version = if pretend10 { Version::Http10 } else { self.ex.head.version };
+        let mut head = Vec::with_capacity(64 + self.headers.len());
+        head.extend_from_slice(if pretend10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        head.extend_from_slice(status);
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(&self.headers);
+        let bodiless = self.ex.head.is_head() || code < 200 || code == 204 || code == 304;
+        if self.content_length.is_none() && !bodiless {
+            if let Some(n) = total {
+                unyoke_http::write_header(&mut head, b"Content-Length", n.to_string().as_bytes());
+                self.content_length = Some(n);
+            }
+        }
+        let keep_alive = self.ex.keep_alive() && !self.close;
+        let plan = plan_response(self.ex.head.is_head(), version, keep_alive, code, self.content_length);
+        self.framing = plan.body;
+        self.head_sent = true;
+        Ok(ResponseStart {
+            head,
+            status: code,
+            framing: plan.body,
+            keep_alive: plan.keep_alive,
+        })
+    }
+
+    /// Queues a body chunk, sending the head first if needed.
+    pub fn send_chunk(&mut self, data: &Bound<'_, PyBytes>) -> PyResult<bool> {
+        if data.as_bytes().is_empty() {
+            return Ok(!self.ex.is_gone());
+        }
+        if !self.head_sent {
+            self.send_head(None)?;
+        }
+        Ok(self.ex.send(OutChunk::Data(to_bytes(data))))
+    }
+
+    fn set_status(&mut self, status: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = status
+            .downcast::<PyString>()
+            .map_err(|_| PyTypeError::new_err("status must be a str, e.g. '200 OK'"))?
+            .to_str()?;
+        let code = unyoke_http::parse_status(s.as_bytes())
+            .filter(|_| s.is_ascii())
+            .ok_or_else(|| PyValueError::new_err(format!("invalid status line {s:?}: expected e.g. '200 OK'")))?;
+        self.status = Some((code, s.as_bytes().to_vec()));
+        Ok(())
+    }
+
+    fn set_headers(&mut self, headers: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut out = Vec::with_capacity(128);
+        let mut content_length = None;
+        let mut close = false;
+        let capitalize = self.shared.settings.capitalize_response_headers;
+        let list = headers
+            .downcast::<pyo3::types::PyList>()
+            .map_err(|_| PyTypeError::new_err("response headers must be a list of (name, value) tuples"))?;
+        for item in list.iter() {
+            let pair = item
+                .downcast::<PyTuple>()
+                .map_err(|_| PyTypeError::new_err("each response header must be a (name, value) tuple"))?;
+            if pair.len() != 2 {
+                return Err(PyTypeError::new_err("each response header must be a (name, value) tuple"));
+            }
+            let name = pair.get_item(0)?;
+            let value = pair.get_item(1)?;
+            let name = name
+                .downcast::<PyString>()
+                .map_err(|_| PyTypeError::new_err(format!("header name {name:?} is not a str")))?
+                .to_str()?;
+            let value = value
+                .downcast::<PyString>()
+                .map_err(|_| PyTypeError::new_err(format!("value of header {name:?} is not a str")))?;
+            let value = latin1_bytes(value)
+                .ok_or_else(|| PyValueError::new_err(format!("value of header {name:?} is not latin-1")))?;
+            if !unyoke_http::is_valid_header_name(name.as_bytes()) {
+                return Err(PyValueError::new_err(format!("invalid header name {name:?}")));
+            }
+            if !unyoke_http::is_valid_header_value(&value) {
+                return Err(PyValueError::new_err(format!(
+                    "invalid value for header {name:?}: control characters are not allowed"
+                )));
+            }
+            if unyoke_http::is_hop_by_hop(name.as_bytes()) {
+                if name.eq_ignore_ascii_case("connection") {
+                    if value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) {
+                        close = true;
+                    }
+                    continue;
+                }
+                return Err(PyValueError::new_err(format!(
+                    "hop-by-hop header {name:?} is not allowed from a WSGI application (PEP 3333)"
+                )));
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(&value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| PyValueError::new_err(format!("invalid Content-Length {:?}", String::from_utf8_lossy(&value))))?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(PyValueError::new_err("several different Content-Length headers"));
+                }
+                if content_length.is_some() {
+                    continue;
+                }
+                content_length = Some(n);
+            }
+            if capitalize {
+                let cap: Vec<u8> = name
+                    .bytes()
+                    .scan(true, |up, b| {
+                        let c = if *up { b.to_ascii_uppercase() } else { b.to_ascii_lowercase() };
+                        *up = b == b'-';
+                        Some(c)
+                    })
+                    .collect();
+                unyoke_http::write_header(&mut out, &cap, &value);
+            } else {
+                unyoke_http::write_header(&mut out, name.as_bytes(), &value);
+            }
+        }
+        self.headers = out;
+        self.content_length = content_length;
+        self.close = close;
+        Ok(())
+    }
+}
+
+fn latin1_bytes(s: &Bound<'_, PyString>) -> Option<Vec<u8>> {
+    let s = s.to_str().ok()?;
+    if s.is_ascii() {
+        return Some(s.as_bytes().to_vec());
+    }
+    s.chars().map(|c| u8::try_from(c as u32).ok()).collect()
+}
+
+#[pymethods]
+impl StartResponse {
+    /// `start_response(status, response_headers, exc_info=None)` → `write`.
+    #[pyo3(signature = (status, headers, exc_info = None))]
+    fn __call__<'py>(
+        mut slf: PyRefMut<'py, Self>,
+        status: &Bound<'py, PyAny>,
+        headers: &Bound<'py, PyAny>,
+        exc_info: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let exc_info = exc_info.filter(|e| !e.is_none());
+        if let Some(info) = exc_info {
+            if slf.head_sent {
+                // PEP 3333: too late to change the status; re-raise the original error.
+                let value = info.get_item(1)?;
+                // The exception object carries its own __traceback__.
+                return Err(PyErr::from_value(value));
+            }
+        } else if slf.status.is_some() {
+            return Err(PyAssertionError::new_err(
+                "start_response called a second time without exc_info",
+            ));
+        }
+        slf.set_status(status)?;
+        slf.set_headers(headers)?;
+        let obj = slf.into_pyobject(py)?;
+        obj.getattr("write")
+    }
+
+    /// The legacy `write(data)` callable: queues `data` for sending now.
+    fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let bytes = data
+            .downcast::<PyBytes>()
+            .map_err(|_| PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data))))?;
+        if !self.send_chunk(bytes)? {
+            return Err(ClientDisconnected::new_err("the client has disconnected"));
+        }
+        Ok(())
+    }
+}
+
+pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".to_string())
+}
