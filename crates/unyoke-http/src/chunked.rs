@@ -213,8 +213,9 @@ impl ChunkedDecoder {
     ) -> Result<Option<ChunkEvent>, RequestError> {
         let max = limits.max_request_header_size;
         let end = buf.len().min(max);
+        scanned = scanned.min(end);
         loop {
-            let Some(offset) = find_lf(&buf[scanned.min(end)..end]) else {
+            let Some(offset) = find_lf(&buf[scanned..end]) else {
                 if buf.len() > max {
                     return Err(RequestError::HeaderTooLarge);
                 }

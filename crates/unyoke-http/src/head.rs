@@ -184,51 +184,124 @@ fn version_of(major: u8, minor: u8) -> Option<Version> {
     }
 }
 
-/// Parses a complete head (`head` ends with the empty line) and applies the framing rules.
-pub(crate) fn parse_head(head: Bytes, limits: &Limits) -> Result<RequestHead, RequestError> {
-    if head.len() > u32::MAX as usize {
-        return Err(RequestError::HeaderTooLarge);
+/// A parsed head without its bytes: offsets into the head, and the framing decisions.
+#[derive(Debug)]
+pub(crate) struct ParsedHead {
+    /// Length of the head including the final empty line.
+    pub len: usize,
+    method: (u32, u32),
+    target: (u32, u32),
+    headers: Vec<(u32, u32, u32, u32)>,
+    version: Version,
+    body: BodyKind,
+    keep_alive: bool,
+    expect_continue: bool,
+    other_expectation: bool,
+}
+
+impl ParsedHead {
+    /// Attaches the head's bytes (`head.len() == self.len`).
+    pub(crate) fn into_head(self, head: Bytes) -> RequestHead {
+        debug_assert_eq!(head.len(), self.len);
+        RequestHead {
+            buf: head,
+            method: self.method,
+            target: self.target,
+            headers: self.headers,
+            version: self.version,
+            body: self.body,
+            keep_alive: self.keep_alive,
+            expect_continue: self.expect_continue,
+            other_expectation: self.other_expectation,
+        }
     }
+}
+
+/// What one httparse pass made of a buffer.
+enum Attempt {
+    /// A head that every rule accepts.
+    Head(ParsedHead),
+    /// No verdict: the head is incomplete, or a rule the scanner owns (a limit, a line
+    /// ending) is broken and the scanner must say which one comes first.
+    Unsure,
+    /// A complete head that breaks a rule.
+    Invalid(RequestError),
+}
+
+/// Fast path, tried once per head when its first bytes arrive: when the whole head is
+/// already buffered (the usual case), one httparse pass parses it and a few checks on
+/// httparse's own slices prove that the scanner would have accepted it too, so the head
+/// is not scanned at all. Any doubt returns `None` and the scanner decides.
+pub(crate) fn parse_buffered(buf: &[u8], limits: &Limits) -> Option<ParsedHead> {
+    match parse(buf, limits) {
+        Attempt::Head(head) => Some(head),
+        Attempt::Unsure | Attempt::Invalid(_) => None,
+    }
+}
+
+/// Slow path: parses a head whose end the scanner found (`head` ends with the empty line).
+pub(crate) fn parse_scanned(head: &[u8], limits: &Limits) -> Result<ParsedHead, RequestError> {
+    match parse(head, limits) {
+        Attempt::Head(parsed) if parsed.len == head.len() => Ok(parsed),
+        Attempt::Invalid(e) => Err(e),
+        // The scanner and httparse disagree about where the head ends, or about its line
+        // endings; refuse rather than guess.
+        Attempt::Head(_) | Attempt::Unsure => Err(RequestError::InvalidRequestLine),
+    }
+}
+
+fn parse(buf: &[u8], limits: &Limits) -> Attempt {
     if limits.max_headers <= STACK_HEADERS {
         let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_HEADERS];
-        parse_with_slots(&head, &mut slots[..limits.max_headers], limits)
+        parse_with_slots(buf, &mut slots[..limits.max_headers], limits)
     } else {
         let mut slots = Vec::with_capacity(limits.max_headers);
         slots.resize(limits.max_headers, MaybeUninit::uninit());
-        parse_with_slots(&head, &mut slots, limits)
+        parse_with_slots(buf, &mut slots, limits)
     }
 }
 
 fn parse_with_slots<'b>(
-    head: &'b Bytes,
+    buf: &'b [u8],
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
     limits: &Limits,
-) -> Result<RequestHead, RequestError> {
-    let bytes: &'b [u8] = head;
+) -> Attempt {
     let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(bytes, slots) {
-        Ok(httparse::Status::Complete(n)) if n == bytes.len() => {}
-        // The scanner found the empty line, so httparse must too; anything else means the
-        // two disagree about the head, which we refuse rather than guess.
-        Ok(_) => return Err(RequestError::InvalidRequestLine),
-        Err(e) => return Err(map_parse_error(e, bytes)),
-    }
-    let base = bytes.as_ptr() as usize;
-    let span = |s: &[u8]| -> (u32, u32) {
-        let start = (s.as_ptr() as usize).wrapping_sub(base);
-        // Offsets fit: the head is at most u32::MAX bytes (checked by parse_head).
-        (start as u32, (start + s.len()) as u32)
+    let len = match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Attempt::Unsure,
+        Err(e) => return Attempt::Invalid(map_parse_error(e, buf)),
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(RequestError::InvalidRequestLine);
+        return Attempt::Unsure;
     };
-    if target.len() > limits.url_length_limit {
-        return Err(RequestError::UriTooLong);
+    // The scanner's limits, checked here so that a head they reject is left to it.
+    if len > limits.max_request_header_size
+        || len > u32::MAX as usize
+        || target.len() > limits.url_length_limit
+    {
+        return Attempt::Unsure;
+    }
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(base);
+    // httparse also takes a bare LF as a line ending; we require CRLF (RFC 9112 §2.2).
+    // Every LF in a head httparse accepted ends a line, so checking the byte before each
+    // line end is enough: after the version, after each value's trailing OWS, and the
+    // final empty line.
+    let crlf_at = |i: usize| buf.get(i) == Some(&b'\r');
+    let version_end = offset(target.as_bytes()) + target.len() + 1 + 8;
+    if !crlf_at(version_end) || len < 2 || !crlf_at(len - 2) {
+        return Attempt::Unsure;
     }
     let version = if minor == 0 {
         Version::Http10
     } else {
         Version::Http11
+    };
+    // Offsets fit in u32: len <= u32::MAX was checked above.
+    let span = |s: &[u8]| -> (u32, u32) {
+        let start = offset(s);
+        (start as u32, (start + s.len()) as u32)
     };
 
     let mut rules = FramingRules::default();
@@ -236,19 +309,30 @@ fn parse_with_slots<'b>(
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        // httparse rejects CTLs in values already; this keeps the guarantee local.
-        if !value.iter().all(|&b| is_field_value_char(b)) {
-            return Err(RequestError::InvalidHeaderValue);
+        let mut line_end = offset(value) + value.len();
+        while matches!(buf.get(line_end), Some(b' ' | b'\t')) {
+            line_end += 1;
         }
-        rules.observe(name, value)?;
+        if !crlf_at(line_end) {
+            return Attempt::Unsure;
+        }
+        // httparse refuses every CTL but HTAB in values (tests/decoder.rs checks all 256
+        // bytes), so the values are not scanned a second time.
+        debug_assert!(value.iter().all(|&b| is_field_value_char(b)));
+        if let Err(e) = rules.observe(name, value) {
+            return Attempt::Invalid(e);
+        }
         let (ns, ne) = span(name);
         let (vs, ve) = span(value);
         headers.push((ns, ne, vs, ve));
     }
-    let body = rules.body_kind(version, limits)?;
+    let body = match rules.body_kind(version, limits) {
+        Ok(body) => body,
+        Err(e) => return Attempt::Invalid(e),
+    };
 
-    Ok(RequestHead {
-        buf: head.clone(),
+    Attempt::Head(ParsedHead {
+        len,
         method: span(method.as_bytes()),
         target: span(target.as_bytes()),
         headers,
@@ -285,7 +369,7 @@ fn map_parse_error(e: httparse::Error, head: &[u8]) -> RequestError {
 /// httparse reports a field line starting with whitespace as a bad name. A continuation
 /// of the previous field is obsolete line folding; whitespace before the first field
 /// (RFC 9112 §2.2) and every other bad name are invalid names.
-pub(crate) fn header_name_error(head: &[u8]) -> RequestError {
+fn header_name_error(head: &[u8]) -> RequestError {
     let mut lines = head.split(|&b| b == b'\n').skip(1);
     let mut first = true;
     for line in &mut lines {

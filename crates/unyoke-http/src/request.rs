@@ -4,7 +4,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::chunked::{ChunkEvent, ChunkedDecoder};
 use crate::error::RequestError;
-use crate::head::{parse_head, HeadScan};
+use crate::head::{parse_buffered, parse_scanned, HeadScan};
 
 /// Empty lines (CRLF) ignored before a request line, per message (RFC 9112 §2.2 asks
 /// servers to ignore at least one, sent by some clients after a POST body). More → 400
@@ -269,10 +269,22 @@ impl RequestDecoder {
                         }
                     }
                 }
-                let Some(end) = scan.scan(buf, &self.limits)? else {
-                    return Ok(None);
+                let fast = if scan.is_untouched() {
+                    parse_buffered(buf, &self.limits)
+                } else {
+                    None
                 };
-                let head = parse_head(buf.split_to(end.len).freeze(), &self.limits)?;
+                let parsed = match fast {
+                    Some(parsed) => parsed,
+                    None => {
+                        let Some(end) = scan.scan(buf, &self.limits)? else {
+                            return Ok(None);
+                        };
+                        parse_scanned(&buf[..end.len], &self.limits)?
+                    }
+                };
+                let len = parsed.len;
+                let head = parsed.into_head(buf.split_to(len).freeze());
                 self.state = match head.body {
                     BodyKind::Empty => State::EmptyBody,
                     BodyKind::Length(remaining) => State::Length { remaining },

@@ -761,3 +761,29 @@ fn errors_know_their_status() {
         assert!(e.to_string().starts_with(&status.to_string()));
     }
 }
+
+/// Every byte value in a field value, at positions that reach httparse's scalar, SWAR
+/// and SIMD paths: only HTAB, SP, VCHAR and obs-text are accepted.
+#[test]
+fn every_byte_in_a_field_value() {
+    for b in 0..=255u8 {
+        for pad in [0usize, 1, 7, 8, 15, 31, 40] {
+            let mut input = b"GET / HTTP/1.1\r\nHost: a\r\nX: v".to_vec();
+            input.extend(std::iter::repeat_n(b'a', pad));
+            input.push(b);
+            input.extend_from_slice(b"z\r\n\r\n");
+            let outcome = feed([&input[..]], Limits::default());
+            let allowed = b == b'\t' || (0x20..=0x7e).contains(&b) || b >= 0x80;
+            if allowed {
+                assert_eq!(outcome.end, Ok(()), "byte {b:#04x} pad {pad}");
+            } else {
+                let expected = if b == b'\r' || b == b'\n' {
+                    RequestError::InvalidLineEnding
+                } else {
+                    RequestError::InvalidHeaderValue
+                };
+                assert_eq!(outcome.end, Err(expected), "byte {b:#04x} pad {pad}");
+            }
+        }
+    }
+}
