@@ -1,0 +1,76 @@
+# unyoke's developer interface; CI runs `make test` (through .ci/run).
+# `make help` lists the targets.
+
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# Extra flags for `make run`, e.g. make run ARGS="--port 9000 --threads 8"
+ARGS ?=
+
+# Build output stays inside the repository (git-ignored), whatever the environment says.
+export CARGO_TARGET_DIR := $(CURDIR)/target
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_ROOT_USER_ACTION := ignore
+
+PYTHON_PATHS := python tests examples
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# System packages, when a test needs one: add this line to deps, with the packages.
+#	if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y --no-install-recommends PACKAGES; fi
+.PHONY: deps
+deps: ## Install what the tests need (requirements-test.txt)
+	$(PIP) install -r requirements-test.txt
+
+.PHONY: install
+install: ## Build the Rust extension (release) and install unyoke in editable mode
+	$(PIP) install 'maturin>=1.5,<2'
+	$(PIP) install --no-build-isolation -e .
+
+.PHONY: build
+build: install ## Same as install
+
+.PHONY: run
+run: ## Serve examples/hello.py on http://127.0.0.1:8000 (extra flags: ARGS="...")
+	$(PYTHON) -m unyoke examples.hello:app $(ARGS)
+
+.PHONY: lint
+lint: ## cargo fmt --check, clippy -D warnings, ruff check, ruff format --check, mypy
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(PYTHON) -m ruff check $(PYTHON_PATHS)
+	$(PYTHON) -m ruff format --check $(PYTHON_PATHS)
+	$(PYTHON) -m mypy
+
+.PHONY: fmt
+fmt: ## Format the Rust and Python code in place
+	cargo fmt --all
+	$(PYTHON) -m ruff format $(PYTHON_PATHS)
+
+.PHONY: docs
+docs: ## Regenerate docs/settings.md from python/unyoke/config.py
+	PYTHONPATH=python $(PYTHON) -m unyoke.config --markdown > docs/settings.md
+
+.PHONY: test-rust
+test-rust: ## Rust tests of the workspace
+	cargo test --workspace
+
+.PHONY: test-py
+test-py: ## Python tests (pytest: unit and end to end); needs `make install` first
+	$(PYTHON) -m pytest
+
+.PHONY: test
+test: ## Everything CI runs: deps, install, lint, test-rust, test-py
+	$(MAKE) deps
+	$(MAKE) install
+	$(MAKE) lint
+	$(MAKE) test-rust
+	$(MAKE) test-py
+
+.PHONY: clean
+clean: ## Remove build output (target/, the built extension, caches)
+	rm -rf target .pytest_cache .mypy_cache .ruff_cache
+	rm -f python/unyoke/_unyoke*.so

@@ -1,0 +1,1 @@
+"""Runnable example applications: ``unyoke examples.hello:app`` from the repository root."""
