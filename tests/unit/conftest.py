@@ -13,7 +13,7 @@ import pytest
 if importlib.util.find_spec("unyoke") is None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
 
-from tests.unit.fake_engine import FakeEngine
+from .fake_engine import FakeEngine
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any, Iterator, List
 import pytest
 from unyoke import cli, config
 
-from tests.unit.fake_engine import FakeEngine, send_signal_soon, stop_at_once
+from .fake_engine import FakeEngine, send_signal_soon, stop_at_once
 
 
 def parse(*argv: str) -> dict[str, Any]:

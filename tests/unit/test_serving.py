@@ -15,7 +15,7 @@ import unyoke
 from unyoke import ConfigError, StartupError, UnknownSettingError
 from unyoke.listeners import UNIX_SOCKET_MODE
 
-from tests.unit.fake_engine import FakeEngine, send_signal_soon, stop_at_once
+from .fake_engine import FakeEngine, send_signal_soon, stop_at_once
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
