@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(str(error))
     except KeyboardInterrupt:
         return 130
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         # The engine refused a setting or a socket; its message says which.
         return _fail(f"cannot start: {error}")
     return 0
