@@ -99,6 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception:
         traceback.print_exc()
         return _fail(f"loading the application {arguments.app!r} failed (traceback above)")
+    # logging.config.dictConfig() disables the loggers it is not told about, unyoke's among
+    # them, unless disable_existing_loggers is False: keep ours, or errors would go unseen.
+    logs.enable()
     try:
         serving.serve_listeners(app, open_listeners(values), values)
     except StartupError as error:

@@ -31,3 +31,12 @@ def configure(level: str, *, add_handler: bool = True) -> logging.Logger:
         logger.addHandler(handler)
         logger.propagate = False
     return logger
+
+
+def enable() -> None:
+    """Undo ``disabled`` on unyoke's loggers (set by a ``dictConfig`` that did not name them)."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (
+            name == LOGGER_NAME or name.startswith(LOGGER_NAME + ".")
+        ):
+            logger.disabled = False

@@ -330,15 +330,39 @@ def test_engine_missing(
     assert not (app_dir / "s.sock").exists()
 
 
+@pytest.mark.parametrize("kind", [ValueError, OSError, RuntimeError])
 def test_engine_refuses(
-    capsys: pytest.CaptureFixture[str], app_dir: Path, fake_engine: type[FakeEngine]
+    capsys: pytest.CaptureFixture[str],
+    app_dir: Path,
+    fake_engine: type[FakeEngine],
+    kind: type[Exception],
 ) -> None:
-    fake_engine.init_error = ValueError("threads: too many for this machine")
+    fake_engine.init_error = kind("threads: too many for this machine")
     module = write_module(app_dir, HELLO)
     code, _, err = run(capsys, f"{module}:app", "--bind", f"unix:{app_dir}/s.sock")
     assert code == 1
     assert "unyoke: error: cannot start: threads: too many for this machine" in err
+    assert "Traceback" not in err
     assert not (app_dir / "s.sock").exists()
+
+
+def test_logging_config_of_the_app_does_not_silence_unyoke(
+    capsys: pytest.CaptureFixture[str],
+    app_dir: Path,
+    fake_engine: type[FakeEngine],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="unyoke")
+    fake_engine.on_run = stop_at_once
+    module = write_module(
+        app_dir,
+        # What logging.config.dictConfig() does to loggers it is not told about:
+        HELLO + "\nimport logging\nlogging.getLogger('unyoke').disabled = True\n",
+    )
+    code, _, err = run(capsys, f"{module}:app", "--port", "0")
+    assert code == 0, err
+    assert not logging.getLogger("unyoke").disabled
+    assert "unyoke listening on" in caplog.text
 
 
 # Serving ----------------------------------------------------------------------------------------
