@@ -1,0 +1,1 @@
+"""unyoke tests."""

@@ -1,0 +1,1 @@
+"""A minimal Django project served end to end (`tests.django_project.wsgi:application`)."""
