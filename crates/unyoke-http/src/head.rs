@@ -6,6 +6,11 @@
 //! byte by byte and in order, a head fed whole and a head fed one byte at a time end
 //! with the same verdict. The fields themselves are parsed only when the head is
 //! complete, so their errors cannot depend on how the head was split either.
+//!
+//! The usual case skips the scanner: when a head's first bytes already contain all of
+//! it, `parse_buffered` parses it in one httparse pass and proves from httparse's
+//! slices that the scanner would have accepted it. When in doubt it steps aside and the
+//! scanner gives the verdict.
 
 use std::mem::MaybeUninit;
 

@@ -3,6 +3,15 @@
 //! Bytes in, events out; response heads and body framing back. No sockets, no clock,
 //! no Python: the engine feeds bytes it read and writes the bytes this crate produces.
 //! Every limit is a field of [`Limits`] with its default and the status it produces.
+//!
+//! The decoder is strict (RFC 9112, no lenient options): CRLF line endings only, no
+//! obsolete line folding, no whitespace before a field's colon, exactly one Host on
+//! HTTP/1.1 (at most one on 1.0), Content-Length as plain digits (identical repeats
+//! allowed), never Content-Length with Transfer-Encoding, no Transfer-Encoding on
+//! HTTP/1.0, and `chunked` as the only transfer coding (others: 501, or 400 when
+//! `chunked` is not last). Every refusal is a [`RequestError`] that knows its status;
+//! the connection must close after it. A request fed whole, in pieces or one byte at a
+//! time yields the same events and the same error.
 
 mod chunked;
 mod date;

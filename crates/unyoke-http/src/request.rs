@@ -14,8 +14,8 @@ pub const MAX_EMPTY_LINES_BEFORE_REQUEST: u8 = 4;
 /// Limits on what a peer may send. Each has a default and the status it produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest request head (request line + header fields + final CRLF), in bytes.
-    /// Default 256 KiB; larger → 431.
+    /// Largest request head (request line + header fields + final CRLF), in bytes, and
+    /// largest trailer section of a chunked body. Default 256 KiB; larger → 431.
     pub max_request_header_size: usize,
     /// Longest request target, in bytes. Default 8 KiB; longer → 414.
     pub url_length_limit: usize,
