@@ -49,6 +49,7 @@ impl Input {
                 BodyRead::Pending => {
                     let ex = Arc::clone(&self.ex);
                     py.allow_threads(move || ex.wait_body());
+                    self.ex.gate_taken();
                 }
                 BodyRead::Error(e) => {
                     return Err(ClientDisconnected::new_err(match e {
@@ -61,19 +62,24 @@ impl Input {
         }
     }
 
-    fn read_impl(&mut self, py: Python<'_>, size: Option<isize>) -> PyResult<Vec<u8>> {
+    /// Pieces of the body up to `size` bytes (all of it when None or negative).
+    fn read_pieces(&mut self, py: Python<'_>, size: Option<isize>) -> PyResult<(Vec<Bytes>, usize)> {
         let limit = match size {
             Some(n) if n >= 0 => n as usize,
             _ => usize::MAX,
         };
-        let mut out = Vec::new();
-        while out.len() < limit {
-            match self.next_chunk(py, limit - out.len())? {
-                Some(b) => out.extend_from_slice(&b),
+        let mut pieces = Vec::new();
+        let mut total = 0usize;
+        while total < limit {
+            match self.next_chunk(py, limit - total)? {
+                Some(b) => {
+                    total += b.len();
+                    pieces.push(b);
+                }
                 None => break,
             }
         }
-        Ok(out)
+        Ok((pieces, total))
     }
 
     fn readline_impl(&mut self, py: Python<'_>, size: Option<isize>) -> PyResult<Vec<u8>> {
@@ -102,24 +108,36 @@ impl Input {
     }
 }
 
+/// A bytes object made of `pieces` (`total` bytes), with one copy and no zero-fill.
+fn concat_bytes<'py>(py: Python<'py>, pieces: &[Bytes], total: usize) -> Bound<'py, PyBytes> {
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose n-byte
+    // buffer is uninitialised and exclusively ours until returned; we fill all of it.
+    unsafe {
+        let obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as pyo3::ffi::Py_ssize_t);
+        if obj.is_null() {
+            // Out of memory: fall back to the safe path, which raises MemoryError cleanly.
+            return PyBytes::new(py, &pieces.concat());
+        }
+        let dst = pyo3::ffi::PyBytes_AsString(obj) as *mut u8;
+        let mut at = 0;
+        for p in pieces {
+            std::ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len());
+            at += p.len();
+        }
+        Bound::from_owned_ptr(py, obj).downcast_into_unchecked()
+    }
+}
+
 #[pymethods]
 impl Input {
     /// Reads at most `size` bytes (all of the rest when `size` is None or negative).
     #[pyo3(signature = (size = None))]
     fn read<'py>(&mut self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        if let Some(n) = size {
-            if n >= 0 && self.pending.is_empty() {
-                // One chunk that fits: no intermediate copy.
-                if let Some(b) = self.next_chunk(py, n as usize)? {
-                    if b.len() == n as usize || self.eof {
-                        return Ok(PyBytes::new(py, &b));
-                    }
-                    self.pending = b;
-                }
-            }
+        let (pieces, total) = self.read_pieces(py, size)?;
+        if let [one] = pieces.as_slice() {
+            return Ok(PyBytes::new(py, one));
         }
-        let data = self.read_impl(py, size)?;
-        Ok(PyBytes::new(py, &data))
+        Ok(concat_bytes(py, &pieces, total))
     }
 
     /// Reads one line (up to and including b"\n"), at most `size` bytes.

@@ -129,6 +129,11 @@ async fn copy_file<T: AsyncWrite + Unpin + ?Sized>(
     Ok(done)
 }
 
+/// How much to read at a time while waiting for a request head.
+const HEAD_READ_SIZE: usize = 8 * 1024;
+/// How much to read at a time while receiving a request body.
+const BODY_READ_SIZE: usize = 64 * 1024;
+
 /// Largest unread request body the server reads and discards to keep a connection alive
 /// after the application answered without reading it; above it, the connection closes.
 const DISCARD_LIMIT: u64 = 64 * 1024;
@@ -197,9 +202,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 deadline = Some(Instant::now() + cfg.header_timeout);
             }
             let until = deadline.unwrap_or_else(|| Instant::now() + cfg.keepalive_timeout);
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8192);
-            }
+            self.make_room(HEAD_READ_SIZE);
             let stop = &self.shared.stop_notify;
             let read = tokio::select! {
                 biased;
@@ -226,6 +229,19 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             if idle && self.shared.policy.stopping.load(Ordering::Relaxed) && !first {
                 // Bytes of a new request arrived while stopping: serve it, then close.
             }
+        }
+    }
+
+    /// Makes room to read about `size` bytes. Body chunks handed to the application are
+    /// slices of the read buffer, so a consumed buffer is replaced rather than grown:
+    /// growing a shared buffer copies it, and large allocations cost page faults.
+    fn make_room(&mut self, size: usize) {
+        if self.buf.is_empty() {
+            if self.buf.capacity() < size / 2 {
+                self.buf = BytesMut::with_capacity(size);
+            }
+        } else if self.buf.capacity() - self.buf.len() < size / 8 {
+            self.buf.reserve(size);
         }
     }
 
@@ -310,6 +326,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                     break;
                 }
                 continue;
+            }
+            if want_read {
+                self.make_room(BODY_READ_SIZE);
             }
             let deadline = Instant::now() + cfg.inactivity_timeout;
             let exr = &ex;
@@ -431,9 +450,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 Err(_) => return false,
             }
             ex.lock().body.clear();
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8192);
-            }
+            self.make_room(BODY_READ_SIZE);
             match timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return false,

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::thread;
@@ -97,6 +97,9 @@ pub struct Dispatcher<J: Job> {
     leader_waker: Mutex<Option<Waker>>,
     has_jobs: AtomicBool,
     gate: Arc<dyn Gate>,
+    /// Application threads waiting to take the gate back (announced by `want_gate`).
+    gate_wanted: AtomicUsize,
+    gate_notify: tokio::sync::Notify,
 }
 
 thread_local! {
@@ -127,6 +130,8 @@ impl<J: Job> Dispatcher<J> {
             leader_waker: Mutex::new(None),
             has_jobs: AtomicBool::new(false),
             gate,
+            gate_wanted: AtomicUsize::new(0),
+            gate_notify: tokio::sync::Notify::new(),
         })
     }
 
@@ -183,14 +188,48 @@ impl<J: Job> Dispatcher<J> {
         }
     }
 
-    /// Lets another thread waiting for the gate run, from inside the runtime: called
-    /// periodically so that application threads finishing a call are not starved while
-    /// the leader is busy with I/O.
+    /// Lets another thread waiting for the gate run, from inside the runtime: called when
+    /// an application thread announced it wants the gate back (see [`Dispatcher::want_gate`])
+    /// and periodically, so that threads finishing a blocking call are not starved while
+    /// the leader is busy with I/O (the interpreter's own switch requests are only seen
+    /// when Python code runs, which the I/O loop does not).
     pub fn yield_gate(&self) {
         let is_io = self.control.lock().leader == LeaderState::Io;
-        if is_io {
-            self.gate.release();
-            self.gate.acquire();
+        if !is_io {
+            return;
+        }
+        self.gate.release();
+        // Give an announced waiter the chance to take the gate before taking it back: a
+        // plain release-and-acquire would usually win the race against a thread that
+        // still has to be scheduled.
+        let mut spins = 0;
+        while self.gate_wanted.load(Ordering::Acquire) > 0 && spins < 50 {
+            thread::yield_now();
+            spins += 1;
+        }
+        self.gate.acquire();
+    }
+
+    /// An application thread is about to take the gate back after waiting for the
+    /// engine (e.g. for body bytes): ask the leader to let go of it soon.
+    pub fn want_gate(&self) {
+        self.gate_wanted.fetch_add(1, Ordering::AcqRel);
+        self.gate_notify.notify_one();
+    }
+
+    /// The thread that called [`Dispatcher::want_gate`] has the gate.
+    pub fn got_gate(&self) {
+        self.gate_wanted.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Runs inside the runtime: yields the gate whenever a thread announced it wants it.
+    pub async fn gate_yielder(self: Arc<Self>) {
+        loop {
+            self.gate_notify.notified().await;
+            while self.gate_wanted.load(Ordering::Acquire) > 0 {
+                self.yield_gate();
+                tokio::task::yield_now().await;
+            }
         }
     }
 

@@ -19,6 +19,10 @@ use crate::connection::ConnInfo;
 pub trait Waking: Send + Sync {
     /// Wakes `waker` now or soon.
     fn wake(&self, waker: Waker);
+    /// The calling application thread will take the gate back (see `Dispatcher::want_gate`).
+    fn want_gate(&self);
+    /// The calling application thread has the gate again.
+    fn got_gate(&self);
 }
 
 /// Why a body read failed.
@@ -202,12 +206,20 @@ impl<S> Exchange<S> {
     }
 
     /// Blocks until body bytes, the end of the body, or an error are there. Call without
-    /// the gate (GIL) held, after `try_read_body` returned `Pending`.
+    /// the gate (GIL) held, after `try_read_body` returned `Pending`; call
+    /// [`Exchange::gate_taken`] once the gate is held again.
     pub fn wait_body(&self) {
         let mut inner = self.inner.lock();
         while inner.body.is_empty() && !inner.body_eof && inner.body_error.is_none() {
             self.body_cv.wait(&mut inner);
         }
+        drop(inner);
+        self.waking.want_gate();
+    }
+
+    /// Pairs with [`Exchange::wait_body`]: the gate is held again.
+    pub fn gate_taken(&self) {
+        self.waking.got_gate();
     }
 
     /// All body bytes currently buffered, concatenated (for a fast `read()` of a small body).
