@@ -86,7 +86,8 @@ VALID_POLICY: Dict[str, Policy] = {
     "029": Policy(
         "either",
         "'identity' is no longer a transfer coding (RFC 9112); gunicorn ignores it, a "
-        "strict server may answer 400 or 501",
+        "strict server may answer 400 or 501. The vector's chunked body lacks its final "
+        "CRLF and is sent completed",
     ),
     "030": Policy("either", "as 029"),
     "031compat": Policy(
@@ -350,22 +351,24 @@ def add_missing_host(data: bytes) -> Tuple[bytes, bool]:
     out = b""
     pos = 0
     injected = False
-    try:
-        while pos < len(data):
-            head_end, end, head = _message_end(data, pos)
-            request_line, _, rest = head.partition(b"\r\n")
-            names = [line.partition(b":")[0].strip().lower() for line in rest.split(b"\r\n")]
-            if request_line.endswith(b"HTTP/1.1") and b"host" not in names:
-                head = request_line + b"\r\nHost: localhost\r\n" + rest
-                injected = True
-            out += head + data[head_end:end]
-            pos = end
-    except (ValueError, IndexError):
-        out += data[pos:]
-    return out, injected
-
-
-TRUNCATED_BODY = {"099"}
+    while pos < len(data):
+        head_end = data.find(b"\r\n\r\n", pos) + 4
+        if head_end < 4:
+            break
+        head = data[pos:head_end]
+        request_line, _, rest = head.partition(b"\r\n")
+        names = [line.partition(b":")[0].strip().lower() for line in rest.split(b"\r\n")]
+        if request_line.endswith(b"HTTP/1.1") and b"host" not in names:
+            head = request_line + b"\r\nHost: localhost\r\n" + rest
+            injected = True
+        out += head
+        try:
+            end = _message_end(data, pos)[1]
+        except (ValueError, IndexError):  # an incomplete body: the rest goes as it is
+            end = len(data)
+        out += data[head_end:end]
+        pos = end
+    return out + data[pos:], injected
 
 
 def fix_content_length(data: bytes, request: Dict[str, Any]) -> bytes:
@@ -380,6 +383,18 @@ def fix_content_length(data: bytes, request: Dict[str, Any]) -> bytes:
         for name, value in request["headers"]
     ]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def complete_chunked(data: bytes, request: Dict[str, Any]) -> bytes:
+    """End a chunked body whose last chunk lacks the CRLF that closes the trailer section."""
+    assert data.endswith(b"\r\n0\r\n") or data.endswith(b"\r\n000\r\n"), data[-20:]
+    return data + b"\r\n"
+
+
+# Vectors whose bytes stop before the request they state is complete: gunicorn's parser
+# test ends at the end of the data, but over a socket a server rightly waits for the
+# rest. They are sent completed (see the reasons in VALID_POLICY).
+TRUNCATED = {"099": fix_content_length, "029": complete_chunked, "030": complete_chunked}
 
 
 # -- sending and checking --------------------------------------------------------------------------
@@ -513,8 +528,8 @@ def test_valid_vector(default_server, valid_vector):
 
     expected = namespace["request"]
     requests = expected if isinstance(expected, list) else [expected]
-    if name in TRUNCATED_BODY:
-        data = fix_content_length(data, requests[0])
+    if name in TRUNCATED:
+        data = TRUNCATED[name](data, requests[0])
     data, injected = add_missing_host(data)
     if injected:
         for request in requests:
