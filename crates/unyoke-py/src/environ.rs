@@ -86,7 +86,11 @@ fn percent_decode(path: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 /// Splits a request target into (path, query). An absolute-form target
 /// (`http://host/path`) contributes its path only.
 fn split_target(target: &[u8]) -> (&[u8], &[u8]) {
-    let mut t = target;
+    // A fragment is never part of the resource (RFC 9110 §4.2.4); clients should not send it.
+    let mut t = match target.iter().position(|&b| b == b'#') {
+        Some(h) => &target[..h],
+        None => target,
+    };
     if !t.starts_with(b"/") {
         if let Some(pos) = t.windows(3).position(|w| w == b"://") {
             let rest = &t[pos + 3..];

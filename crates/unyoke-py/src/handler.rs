@@ -301,6 +301,31 @@ impl WsgiHandler {
     /// The application failed: log it; answer 500 if nothing was sent, else cut the
     /// connection so a partial body never passes for a whole one.
     fn fail(&self, py: Python<'_>, ex: &Ex, sr: Option<&Bound<'_, StartResponse>>, err: PyErr, during: &str) {
+        let head_sent = sr.map(|s| s.borrow().head_sent).unwrap_or(false);
+        if let (Some(unyoke_server::BodyError::Malformed(status)), false) = (ex.body_error(), head_sent) {
+            // The client's body was at fault (too large, bad chunking), not the
+            // application: answer with the client error, and close.
+            let reason = match status {
+                413 => "Content Too Large",
+                431 => "Request Header Fields Too Large",
+                501 => "Not Implemented",
+                _ => "Bad Request",
+            };
+            let body = format!("{status} {reason}\n").into_bytes();
+            let mut h = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
+            unyoke_http::write_header(&mut h, b"Content-Type", b"text/plain; charset=utf-8");
+            unyoke_http::write_header(&mut h, b"Content-Length", body.len().to_string().as_bytes());
+            ex.respond(
+                ResponseStart {
+                    head: h,
+                    status,
+                    framing: unyoke_http::BodyFraming::Length(body.len() as u64),
+                    keep_alive: false,
+                },
+                std::iter::once(OutChunk::Data(body.into())),
+            );
+            return;
+        }
         let head = &ex.head;
         let msg = format!(
             "Error {during} for {} {}",
@@ -308,7 +333,7 @@ impl WsgiHandler {
             String::from_utf8_lossy(head.target())
         );
         let kwargs = PyDict::new(py);
-        let _ = kwargs.set_item("exc_info", err.value(py));
+        let _ = kwargs.set_item("exc_info", exc_info(py, &err));
         if self
             .error_logger
             .bind(py)
@@ -317,14 +342,13 @@ impl WsgiHandler {
         {
             err.print(py);
         }
-        let head_sent = sr.map(|s| s.borrow().head_sent).unwrap_or(false);
         if head_sent {
             ex.abort();
             return;
         }
         let mut body = b"Internal Server Error\n".to_vec();
         if self.shared.settings.expose_tracebacks {
-            if let Ok(lines) = self.traceback_format.bind(py).call1((err.value(py),)) {
+            if let Ok(lines) = self.traceback_format.bind(py).call1(exc_info(py, &err)) {
                 if let Ok(lines) = lines.extract::<Vec<String>>() {
                     body.extend_from_slice(b"\n");
                     for l in lines {
@@ -353,6 +377,13 @@ impl WsgiHandler {
     }
 }
 
+/// `(type, value, traceback)` of an error, as `logging` and `traceback` take it.
+fn exc_info<'py>(py: Python<'py>, err: &PyErr) -> Bound<'py, PyTuple> {
+    let tb = err.traceback(py).map(|t| t.into_any()).unwrap_or_else(|| py.None().into_bound(py));
+    PyTuple::new(py, [err.get_type(py).into_any(), err.value(py).clone().into_any(), tb])
+        .unwrap_or_else(|_| PyTuple::empty(py))
+}
+
 impl Handler for WsgiHandler {
     type State = ReqState;
 
@@ -371,7 +402,7 @@ impl Handler for WsgiHandler {
             if let Some(obj) = &state.closeable {
                 if let Err(e) = obj.bind(py).call_method0("close") {
                     let kwargs = PyDict::new(py);
-                    let _ = kwargs.set_item("exc_info", e.value(py));
+                    let _ = kwargs.set_item("exc_info", exc_info(py, &e));
                     let _ = self.error_logger.bind(py).call_method(
                         "error",
                         ("Error in the response iterable's close()",),

@@ -228,6 +228,11 @@ impl<S> Exchange<S> {
         inner.body_eof && inner.body_error.is_none()
     }
 
+    /// Why the body could not be read, if it could not.
+    pub fn body_error(&self) -> Option<BodyError> {
+        self.inner.lock().body_error
+    }
+
     /// Sets header lines (each `Name: value\r\n`) for the `100 Continue` response.
     pub fn set_continue_headers(&self, lines: Vec<u8>) {
         self.inner.lock().continue_headers = lines;
