@@ -15,6 +15,9 @@ use crate::settings::WsgiSettings;
 /// arbitrary names; beyond this, keys are built per request).
 const HEADER_KEY_CACHE: usize = 512;
 
+/// A listener's address with its SERVER_NAME and SERVER_PORT values.
+type LocalNames = (PeerAddr, Py<PyString>, Py<PyString>);
+
 pub struct EnvironBuilder {
     template: Py<PyDict>,
     k_method: Py<PyString>,
@@ -34,8 +37,8 @@ pub struct EnvironBuilder {
     methods: Vec<(&'static [u8], Py<PyString>)>,
     header_keys: Mutex<HashMap<Vec<u8>, Py<PyString>>>,
     server_name: Option<Py<PyString>>,
-    /// (local address, SERVER_NAME, SERVER_PORT) for the last listener seen.
-    local_cache: Mutex<Vec<(PeerAddr, Py<PyString>, Py<PyString>)>>,
+    /// SERVER_NAME and SERVER_PORT per local address.
+    local_cache: Mutex<Vec<LocalNames>>,
 }
 
 fn intern(py: Python<'_>, s: &str) -> Py<PyString> {
@@ -125,7 +128,10 @@ impl EnvironBuilder {
         template.set_item("wsgi.run_once", false)?;
         template.set_item("wsgi.input_terminated", true)?;
         template.set_item("wsgi.file_wrapper", file_wrapper)?;
-        template.set_item("SERVER_SOFTWARE", concat!("unyoke/", env!("CARGO_PKG_VERSION")))?;
+        template.set_item(
+            "SERVER_SOFTWARE",
+            concat!("unyoke/", env!("CARGO_PKG_VERSION")),
+        )?;
         if let Some(extra) = extra {
             for (k, v) in extra.iter() {
                 template.set_item(k, v)?;
@@ -177,7 +183,11 @@ impl EnvironBuilder {
             let mut k = String::with_capacity(name.len() + 5);
             k.push_str("HTTP_");
             for &b in name {
-                k.push(if b == b'-' { '_' } else { b.to_ascii_uppercase() as char });
+                k.push(if b == b'-' {
+                    '_'
+                } else {
+                    b.to_ascii_uppercase() as char
+                });
             }
             k
         };
@@ -188,14 +198,25 @@ impl EnvironBuilder {
         Some(key)
     }
 
-    fn local<'py>(&self, py: Python<'py>, conn: &ConnInfo) -> (Bound<'py, PyString>, Bound<'py, PyString>) {
+    fn local<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &ConnInfo,
+    ) -> (Bound<'py, PyString>, Bound<'py, PyString>) {
         let mut cache = self.local_cache.lock();
         if let Some((_, n, p)) = cache.iter().find(|(a, _, _)| *a == conn.local) {
             return (n.bind(py).clone(), p.bind(py).clone());
         }
         let (name, port) = match &conn.local {
             PeerAddr::Tcp(a) => (a.ip().to_string(), a.port().to_string()),
-            PeerAddr::Unix(p) => (if p.is_empty() { "localhost".to_string() } else { p.clone() }, String::new()),
+            PeerAddr::Unix(p) => (
+                if p.is_empty() {
+                    "localhost".to_string()
+                } else {
+                    p.clone()
+                },
+                String::new(),
+            ),
         };
         let name = match &self.server_name {
             Some(n) => n.bind(py).clone(),
@@ -203,7 +224,11 @@ impl EnvironBuilder {
         };
         let port = PyString::new(py, &port);
         if cache.len() < 16 {
-            cache.push((conn.local.clone(), name.clone().unbind(), port.clone().unbind()));
+            cache.push((
+                conn.local.clone(),
+                name.clone().unbind(),
+                port.clone().unbind(),
+            ));
         }
         (name, port)
     }
@@ -255,11 +280,22 @@ impl EnvironBuilder {
             }
         }
         for (name, value) in head.headers() {
-            let Some(key) = self.header_key(py, name) else { continue };
+            let Some(key) = self.header_key(py, name) else {
+                continue;
+            };
             let value = latin1(py, value);
             match env.get_item(&key)? {
-                Some(prev) if key.to_str().map(|k| k.starts_with("HTTP_")).unwrap_or(false) => {
-                    let sep = if name.eq_ignore_ascii_case(b"cookie") { "; " } else { ", " };
+                Some(prev)
+                    if key
+                        .to_str()
+                        .map(|k| k.starts_with("HTTP_"))
+                        .unwrap_or(false) =>
+                {
+                    let sep = if name.eq_ignore_ascii_case(b"cookie") {
+                        "; "
+                    } else {
+                        ", "
+                    };
                     let joined = format!("{}{}{}", prev.str()?.to_str()?, sep, value.to_str()?);
                     env.set_item(key, joined)?;
                 }

@@ -29,7 +29,10 @@ impl FileWrapper {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let data = self.filelike.bind(py).call_method1("read", (self.block_size,))?;
+        let data = self
+            .filelike
+            .bind(py)
+            .call_method1("read", (self.block_size,))?;
         if data.len()? == 0 {
             return Err(PyStopIteration::new_err(()));
         }

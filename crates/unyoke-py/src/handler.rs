@@ -45,7 +45,9 @@ impl WsgiHandler {
     ) -> PyResult<Self> {
         let file_wrapper = py.get_type::<FileWrapper>();
         let environ = EnvironBuilder::new(py, &settings, extra_environ, file_wrapper.as_any())?;
-        let error_logger = py.import("logging")?.call_method1("getLogger", ("unyoke.error",))?;
+        let error_logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("unyoke.error",))?;
         let traceback_format = py.import("traceback")?.getattr("format_exception")?;
         Ok(WsgiHandler {
             app,
@@ -57,10 +59,14 @@ impl WsgiHandler {
     }
 
     fn run_app(&self, py: Python<'_>, ex: &Ex) {
-        let env = match self.environ.build(py, &ex.head, &ex.conn, self.shared.settings.pretend_http10) {
-            Ok(env) => env,
-            Err(e) => return self.fail(py, ex, None, e, "building the environ"),
-        };
+        let env =
+            match self
+                .environ
+                .build(py, &ex.head, &ex.conn, self.shared.settings.pretend_http10)
+            {
+                Ok(env) => env,
+                Err(e) => return self.fail(py, ex, None, e, "building the environ"),
+            };
         let input = match Py::new(py, Input::new(Arc::clone(ex))) {
             Ok(i) => i,
             Err(e) => return self.fail(py, ex, None, e, "building the environ"),
@@ -68,7 +74,10 @@ impl WsgiHandler {
         if let Err(e) = env.set_item(&self.environ.k_input, input) {
             return self.fail(py, ex, None, e, "building the environ");
         }
-        let sr = match Bound::new(py, StartResponse::new(Arc::clone(ex), Arc::clone(&self.shared))) {
+        let sr = match Bound::new(
+            py,
+            StartResponse::new(Arc::clone(ex), Arc::clone(&self.shared)),
+        ) {
             Ok(sr) => sr,
             Err(e) => return self.fail(py, ex, None, e, "building the environ"),
         };
@@ -80,7 +89,13 @@ impl WsgiHandler {
     }
 
     /// Handles what the application returned.
-    fn consume(&self, py: Python<'_>, ex: &Ex, sr: &Bound<'_, StartResponse>, result: Bound<'_, PyAny>) {
+    fn consume(
+        &self,
+        py: Python<'_>,
+        ex: &Ex,
+        sr: &Bound<'_, StartResponse>,
+        result: Bound<'_, PyAny>,
+    ) {
         // The common case: a list (or tuple) of bytes, all known now.
         let items = if let Ok(list) = result.downcast_exact::<PyList>() {
             Some(list.iter().collect::<Vec<_>>())
@@ -131,7 +146,10 @@ impl WsgiHandler {
         result: &Bound<'_, PyAny>,
         iterator: Option<Py<PyIterator>>,
     ) {
-        let closeable = result.hasattr("close").unwrap_or(false).then(|| result.clone().unbind());
+        let closeable = result
+            .hasattr("close")
+            .unwrap_or(false)
+            .then(|| result.clone().unbind());
         *ex.state.lock() = Some(ReqState {
             closeable,
             iterator,
@@ -139,7 +157,12 @@ impl WsgiHandler {
         });
     }
 
-    fn respond_all(&self, ex: &Ex, sr: &Bound<'_, StartResponse>, items: &[Bound<'_, PyAny>]) -> PyResult<()> {
+    fn respond_all(
+        &self,
+        ex: &Ex,
+        sr: &Bound<'_, StartResponse>,
+        items: &[Bound<'_, PyAny>],
+    ) -> PyResult<()> {
         let mut sr = sr.borrow_mut();
         let mut chunks = Vec::with_capacity(items.len());
         let mut total = 0u64;
@@ -188,11 +211,16 @@ impl WsgiHandler {
         let Ok(fileno) = f.call_method0("fileno").and_then(|n| n.extract::<i32>()) else {
             return Ok(false);
         };
-        let pos: u64 = f.call_method0("tell").and_then(|p| p.extract()).unwrap_or(0);
+        let pos: u64 = f
+            .call_method0("tell")
+            .and_then(|p| p.extract())
+            .unwrap_or(0);
         // SAFETY: fstat on a descriptor the file object owns, into a zeroed struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
-        if unsafe { libc::fstat(fileno, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
+        if unsafe { libc::fstat(fileno, &mut st) } != 0
+            || (st.st_mode & libc::S_IFMT) != libc::S_IFREG
+        {
             return Ok(false);
         }
         // SAFETY: dup of an open descriptor; the result is checked and owned below.
@@ -209,7 +237,11 @@ impl WsgiHandler {
             let start = sr.prepare_head(Some(len))?;
             ex.start(start);
         }
-        ex.send(OutChunk::File { file, offset: pos, len });
+        ex.send(OutChunk::File {
+            file,
+            offset: pos,
+            len,
+        });
         ex.finish();
         Ok(true)
     }
@@ -275,14 +307,18 @@ impl WsgiHandler {
                         match sent {
                             Ok(true) => {}
                             Ok(false) => return,
-                            Err(e) => return self.fail(py, ex, Some(sr), e, "sending the response"),
+                            Err(e) => {
+                                return self.fail(py, ex, Some(sr), e, "sending the response")
+                            }
                         }
                     } else {
                         let sent = sr.borrow_mut().send_chunk(b);
                         match sent {
                             Ok(true) => {}
                             Ok(false) => return, // client gone; close() follows
-                            Err(e) => return self.fail(py, ex, Some(sr), e, "sending the response"),
+                            Err(e) => {
+                                return self.fail(py, ex, Some(sr), e, "sending the response")
+                            }
                         }
                     }
                     if ex.queued_bytes() >= OUTPUT_HIGH_WATER {
@@ -300,9 +336,18 @@ impl WsgiHandler {
 
     /// The application failed: log it; answer 500 if nothing was sent, else cut the
     /// connection so a partial body never passes for a whole one.
-    fn fail(&self, py: Python<'_>, ex: &Ex, sr: Option<&Bound<'_, StartResponse>>, err: PyErr, during: &str) {
+    fn fail(
+        &self,
+        py: Python<'_>,
+        ex: &Ex,
+        sr: Option<&Bound<'_, StartResponse>>,
+        err: PyErr,
+        during: &str,
+    ) {
         let head_sent = sr.map(|s| s.borrow().head_sent).unwrap_or(false);
-        if let (Some(unyoke_server::BodyError::Malformed(status)), false) = (ex.body_error(), head_sent) {
+        if let (Some(unyoke_server::BodyError::Malformed(status)), false) =
+            (ex.body_error(), head_sent)
+        {
             // The client's body was at fault (too large, bad chunking), not the
             // application: answer with the client error, and close.
             let reason = match status {
@@ -379,9 +424,19 @@ impl WsgiHandler {
 
 /// `(type, value, traceback)` of an error, as `logging` and `traceback` take it.
 fn exc_info<'py>(py: Python<'py>, err: &PyErr) -> Bound<'py, PyTuple> {
-    let tb = err.traceback(py).map(|t| t.into_any()).unwrap_or_else(|| py.None().into_bound(py));
-    PyTuple::new(py, [err.get_type(py).into_any(), err.value(py).clone().into_any(), tb])
-        .unwrap_or_else(|_| PyTuple::empty(py))
+    let tb = err
+        .traceback(py)
+        .map(|t| t.into_any())
+        .unwrap_or_else(|| py.None().into_bound(py));
+    PyTuple::new(
+        py,
+        [
+            err.get_type(py).into_any(),
+            err.value(py).clone().into_any(),
+            tb,
+        ],
+    )
+    .unwrap_or_else(|_| PyTuple::empty(py))
 }
 
 impl Handler for WsgiHandler {

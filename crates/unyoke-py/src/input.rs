@@ -53,8 +53,12 @@ impl Input {
                 }
                 BodyRead::Error(e) => {
                     return Err(ClientDisconnected::new_err(match e {
-                        BodyError::Malformed(status) => format!("malformed request body ({status})"),
-                        BodyError::Disconnected => "client disconnected while sending the body".to_string(),
+                        BodyError::Malformed(status) => {
+                            format!("malformed request body ({status})")
+                        }
+                        BodyError::Disconnected => {
+                            "client disconnected while sending the body".to_string()
+                        }
                         BodyError::Timeout => "timed out reading the request body".to_string(),
                     }))
                 }
@@ -63,7 +67,11 @@ impl Input {
     }
 
     /// Pieces of the body up to `size` bytes (all of it when None or negative).
-    fn read_pieces(&mut self, py: Python<'_>, size: Option<isize>) -> PyResult<(Vec<Bytes>, usize)> {
+    fn read_pieces(
+        &mut self,
+        py: Python<'_>,
+        size: Option<isize>,
+    ) -> PyResult<(Vec<Bytes>, usize)> {
         let limit = match size {
             Some(n) if n >= 0 => n as usize,
             _ => usize::MAX,
@@ -89,7 +97,9 @@ impl Input {
         };
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(mut chunk) = self.next_chunk(py, limit - out.len())? else { break };
+            let Some(mut chunk) = self.next_chunk(py, limit - out.len())? else {
+                break;
+            };
             if let Some(pos) = chunk.iter().position(|&b| b == b'\n') {
                 let rest = chunk.split_off(pos + 1);
                 out.extend_from_slice(&chunk);
@@ -113,7 +123,8 @@ fn concat_bytes<'py>(py: Python<'py>, pieces: &[Bytes], total: usize) -> Bound<'
     // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose n-byte
     // buffer is uninitialised and exclusively ours until returned; we fill all of it.
     unsafe {
-        let obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as pyo3::ffi::Py_ssize_t);
+        let obj =
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as pyo3::ffi::Py_ssize_t);
         if obj.is_null() {
             // Out of memory: fall back to the safe path, which raises MemoryError cleanly.
             return PyBytes::new(py, &pieces.concat());
@@ -142,14 +153,22 @@ impl Input {
 
     /// Reads one line (up to and including b"\n"), at most `size` bytes.
     #[pyo3(signature = (size = None))]
-    fn readline<'py>(&mut self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+    fn readline<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<isize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let data = self.readline_impl(py, size)?;
         Ok(PyBytes::new(py, &data))
     }
 
     /// Reads lines until the end (or until about `hint` bytes were read).
     #[pyo3(signature = (hint = None))]
-    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+    fn readlines<'py>(
+        &mut self,
+        py: Python<'py>,
+        hint: Option<isize>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         let mut total = 0usize;
         loop {
@@ -194,7 +213,9 @@ impl Input {
                 .extract()
                 .map_err(|_| PyTypeError::new_err("headers must be (name, value) pairs of str"))?;
             let (name, value) = (name.as_bytes(), value.as_bytes());
-            if !unyoke_http::is_valid_header_name(name) || !unyoke_http::is_valid_header_value(value) {
+            if !unyoke_http::is_valid_header_name(name)
+                || !unyoke_http::is_valid_header_value(value)
+            {
                 return Err(PyValueError::new_err(format!(
                     "invalid 100 Continue header {:?}",
                     String::from_utf8_lossy(name)

@@ -58,9 +58,16 @@ impl Engine {
             let kind = match kind.as_str() {
                 "tcp" => ListenerKind::Tcp,
                 "unix" => ListenerKind::Unix,
-                other => return Err(PyValueError::new_err(format!("unknown listener kind {other:?}"))),
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "unknown listener kind {other:?}"
+                    )))
+                }
             };
-            ls.push(Listener::from_fd(fd, kind, display).map_err(|e| PyOSError::new_err(e.to_string()))?);
+            ls.push(
+                Listener::from_fd(fd, kind, display)
+                    .map_err(|e| PyOSError::new_err(e.to_string()))?,
+            );
         }
         if ls.is_empty() {
             return Err(PyValueError::new_err("no listening socket"));
@@ -94,7 +101,11 @@ impl Engine {
     /// Stops accepting; requests in flight get `grace` seconds; then `run()` returns.
     #[pyo3(signature = (grace = 30.0))]
     fn shutdown(&self, grace: f64) {
-        let grace = if grace.is_finite() && grace > 0.0 { grace.min(1e6) } else { 0.0 };
+        let grace = if grace.is_finite() && grace > 0.0 {
+            grace.min(1e6)
+        } else {
+            0.0
+        };
         self.inner.shutdown(Duration::from_secs_f64(grace));
     }
 
@@ -119,7 +130,10 @@ fn _unyoke(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<input::Input>()?;
     m.add_class::<start_response::StartResponse>()?;
     m.add_class::<file_wrapper::FileWrapper>()?;
-    m.add("ClientDisconnected", m.py().get_type::<ClientDisconnected>())?;
+    m.add(
+        "ClientDisconnected",
+        m.py().get_type::<ClientDisconnected>(),
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -32,7 +32,9 @@ fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T)
 fn seconds(d: &Bound<'_, PyDict>, key: &str, default: f64) -> PyResult<Duration> {
     let s: f64 = get(d, key, default)?;
     if !(s.is_finite() && s >= 0.0) {
-        return Err(PyValueError::new_err(format!("setting {key}: must be a non-negative number of seconds")));
+        return Err(PyValueError::new_err(format!(
+            "setting {key}: must be a non-negative number of seconds"
+        )));
     }
     Ok(Duration::from_secs_f64(s.min(1e9)))
 }
@@ -40,9 +42,14 @@ fn seconds(d: &Bound<'_, PyDict>, key: &str, default: f64) -> PyResult<Duration>
 /// Builds the engine and WSGI settings.
 pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
     let mut c = Config::default();
-    c.limits.max_request_header_size = get(d, "max_request_header_size", c.limits.max_request_header_size)?;
+    c.limits.max_request_header_size = get(
+        d,
+        "max_request_header_size",
+        c.limits.max_request_header_size,
+    )?;
     c.limits.url_length_limit = get(d, "url_length_limit", c.limits.url_length_limit)?;
-    c.limits.max_request_body_size = get(d, "max_request_body_size", c.limits.max_request_body_size)?;
+    c.limits.max_request_body_size =
+        get(d, "max_request_body_size", c.limits.max_request_body_size)?;
     c.header_timeout = seconds(d, "header_timeout", 10.0)?;
     c.keepalive_timeout = seconds(d, "keepalive_timeout", 5.0)?;
     c.inactivity_timeout = seconds(d, "inactivity_timeout", 60.0)?;
@@ -51,7 +58,9 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
     c.threads = get::<usize>(d, "threads", c.threads)?.max(1) + 1;
     let identity: String = get(d, "identity", "unyoke".to_string())?;
     if identity.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(PyValueError::new_err("setting identity: control characters are not allowed"));
+        return Err(PyValueError::new_err(
+            "setting identity: control characters are not allowed",
+        ));
     }
     c.identity = identity.into_bytes();
     c.inbuf_overflow = get(d, "inbuf_overflow", c.inbuf_overflow)?;
@@ -69,7 +78,11 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
     let pretend_http10 = match max_http_version.as_str() {
         "HTTP/1.1" => false,
         "HTTP/1.0" => true,
-        other => return Err(PyValueError::new_err(format!("setting max_http_version: {other:?} is not HTTP/1.0 or HTTP/1.1"))),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "setting max_http_version: {other:?} is not HTTP/1.0 or HTTP/1.1"
+            )))
+        }
     };
     let workers: usize = get(d, "workers", 1usize)?;
     let w = WsgiSettings {

@@ -98,9 +98,17 @@ impl StartResponse {
         };
         let code = *code;
         let pretend10 = self.shared.settings.pretend_http10;
-        let version = if pretend10 { Version::Http10 } else { self.ex.head.version };
+        let version = if pretend10 {
+            Version::Http10
+        } else {
+            self.ex.head.version
+        };
         let mut head = Vec::with_capacity(64 + self.headers.len());
-        head.extend_from_slice(if pretend10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        head.extend_from_slice(if pretend10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
         head.extend_from_slice(status);
         head.extend_from_slice(b"\r\n");
         head.extend_from_slice(&self.headers);
@@ -112,7 +120,13 @@ impl StartResponse {
             }
         }
         let keep_alive = self.ex.keep_alive() && !self.close;
-        let plan = plan_response(self.ex.head.is_head(), version, keep_alive, code, self.content_length);
+        let plan = plan_response(
+            self.ex.head.is_head(),
+            version,
+            keep_alive,
+            code,
+            self.content_length,
+        );
         self.framing = plan.body;
         self.head_sent = true;
         Ok(ResponseStart {
@@ -141,7 +155,9 @@ impl StartResponse {
             .to_str()?;
         let code = unyoke_http::parse_status(s.as_bytes())
             .filter(|_| s.is_ascii())
-            .ok_or_else(|| PyValueError::new_err(format!("invalid status line {s:?}: expected e.g. '200 OK'")))?;
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("invalid status line {s:?}: expected e.g. '200 OK'"))
+            })?;
         self.status = Some((code, s.as_bytes().to_vec()));
         Ok(())
     }
@@ -151,15 +167,17 @@ impl StartResponse {
         let mut content_length = None;
         let mut close = false;
         let capitalize = self.shared.settings.capitalize_response_headers;
-        let list = headers
-            .downcast::<pyo3::types::PyList>()
-            .map_err(|_| PyTypeError::new_err("response headers must be a list of (name, value) tuples"))?;
+        let list = headers.downcast::<pyo3::types::PyList>().map_err(|_| {
+            PyTypeError::new_err("response headers must be a list of (name, value) tuples")
+        })?;
         for item in list.iter() {
-            let pair = item
-                .downcast::<PyTuple>()
-                .map_err(|_| PyTypeError::new_err("each response header must be a (name, value) tuple"))?;
+            let pair = item.downcast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err("each response header must be a (name, value) tuple")
+            })?;
             if pair.len() != 2 {
-                return Err(PyTypeError::new_err("each response header must be a (name, value) tuple"));
+                return Err(PyTypeError::new_err(
+                    "each response header must be a (name, value) tuple",
+                ));
             }
             let name = pair.get_item(0)?;
             let value = pair.get_item(1)?;
@@ -167,13 +185,16 @@ impl StartResponse {
                 .downcast::<PyString>()
                 .map_err(|_| PyTypeError::new_err(format!("header name {name:?} is not a str")))?
                 .to_str()?;
-            let value = value
-                .downcast::<PyString>()
-                .map_err(|_| PyTypeError::new_err(format!("value of header {name:?} is not a str")))?;
-            let value = latin1_bytes(value)
-                .ok_or_else(|| PyValueError::new_err(format!("value of header {name:?} is not latin-1")))?;
+            let value = value.downcast::<PyString>().map_err(|_| {
+                PyTypeError::new_err(format!("value of header {name:?} is not a str"))
+            })?;
+            let value = latin1_bytes(value).ok_or_else(|| {
+                PyValueError::new_err(format!("value of header {name:?} is not latin-1"))
+            })?;
             if !unyoke_http::is_valid_header_name(name.as_bytes()) {
-                return Err(PyValueError::new_err(format!("invalid header name {name:?}")));
+                return Err(PyValueError::new_err(format!(
+                    "invalid header name {name:?}"
+                )));
             }
             if !unyoke_http::is_valid_header_value(&value) {
                 return Err(PyValueError::new_err(format!(
@@ -182,7 +203,10 @@ impl StartResponse {
             }
             if unyoke_http::is_hop_by_hop(name.as_bytes()) {
                 if name.eq_ignore_ascii_case("connection") {
-                    if value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) {
+                    if value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                    {
                         close = true;
                     }
                     continue;
@@ -196,9 +220,16 @@ impl StartResponse {
                     .ok()
                     .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| PyValueError::new_err(format!("invalid Content-Length {:?}", String::from_utf8_lossy(&value))))?;
+                    .ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "invalid Content-Length {:?}",
+                            String::from_utf8_lossy(&value)
+                        ))
+                    })?;
                 if content_length.is_some_and(|c| c != n) {
-                    return Err(PyValueError::new_err("several different Content-Length headers"));
+                    return Err(PyValueError::new_err(
+                        "several different Content-Length headers",
+                    ));
                 }
                 if content_length.is_some() {
                     continue;
@@ -209,7 +240,11 @@ impl StartResponse {
                 let cap: Vec<u8> = name
                     .bytes()
                     .scan(true, |up, b| {
-                        let c = if *up { b.to_ascii_uppercase() } else { b.to_ascii_lowercase() };
+                        let c = if *up {
+                            b.to_ascii_uppercase()
+                        } else {
+                            b.to_ascii_lowercase()
+                        };
                         *up = b == b'-';
                         Some(c)
                     })
@@ -266,9 +301,9 @@ impl StartResponse {
 
     /// The legacy `write(data)` callable: queues `data` for sending now.
     fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let bytes = data
-            .downcast::<PyBytes>()
-            .map_err(|_| PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data))))?;
+        let bytes = data.downcast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!("write() takes bytes, not {}", type_name(data)))
+        })?;
         if !self.send_chunk(bytes)? {
             return Err(ClientDisconnected::new_err("the client has disconnected"));
         }
@@ -277,5 +312,8 @@ impl StartResponse {
 }
 
 pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".to_string())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_string())
 }

@@ -92,7 +92,10 @@ impl LogFormat {
                 "f" => {
                     let prec = spec
                         .strip_prefix('.')
-                        .map(|p| p.parse::<usize>().map_err(|_| format!("log_format: bad precision {spec:?}")))
+                        .map(|p| {
+                            p.parse::<usize>()
+                                .map_err(|_| format!("log_format: bad precision {spec:?}"))
+                        })
                         .transpose()?
                         .unwrap_or(6);
                     Spec::Float(prec)

@@ -12,7 +12,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
-use unyoke_http::{chunk_header, BodyFraming, BodyKind, ChunkHeader, Event, RequestDecoder, RequestError, LAST_CHUNK};
+use unyoke_http::{
+    chunk_header, BodyFraming, BodyKind, ChunkHeader, Event, RequestDecoder, RequestError,
+    LAST_CHUNK,
+};
 
 use crate::access_log::Entry;
 use crate::engine::{Shared, WorkItem};
@@ -153,7 +156,11 @@ struct Conn<'a, H: Handler, T: Transport> {
 }
 
 /// Serves one accepted connection until it closes.
-pub(crate) async fn serve<H: Handler, T: Transport>(shared: Arc<Shared<H>>, io: T, info: Arc<ConnInfo>) {
+pub(crate) async fn serve<H: Handler, T: Transport>(
+    shared: Arc<Shared<H>>,
+    io: T,
+    info: Arc<ConnInfo>,
+) {
     let mut conn = Conn {
         decoder: RequestDecoder::new(shared.config.limits),
         shared: &shared,
@@ -212,8 +219,12 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             match read {
                 Err(_) => {
                     if !idle {
-                        self.send_simple(408, "Request Timeout", "request head not received in time")
-                            .await;
+                        self.send_simple(
+                            408,
+                            "Request Timeout",
+                            "request head not received in time",
+                        )
+                        .await;
                     }
                     return HeadOutcome::Close;
                 }
@@ -313,7 +324,8 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         loop {
             let (want_read, demand) = {
                 let inner = ex.lock();
-                let read_ahead = (inner.body_buffered as u64) < cfg.inbuf_overflow && (!expect || continue_sent);
+                let read_ahead =
+                    (inner.body_buffered as u64) < cfg.inbuf_overflow && (!expect || continue_sent);
                 (!body_done && (inner.demand || read_ahead), inner.demand)
             };
             if demand && expect && !continue_sent && !head_written && !body_done {
@@ -384,7 +396,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 (start, chunks, inner.finished, inner.aborted, want_more)
             };
             if let Some(mut start) = start {
-                if malformed.is_some() || (!body_done && !self.can_discard(&ex, expect, continue_sent)) {
+                if malformed.is_some()
+                    || (!body_done && !self.can_discard(&ex, expect, continue_sent))
+                {
                     start.keep_alive = false;
                 }
                 writer.begin(&start, ex.head.is_head());
@@ -395,7 +409,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 // Body without a head: a handler bug. Drop it rather than desync.
                 continue;
             }
-            if head_written && (!self.wbuf.is_empty() || !chunks.is_empty() || (finished && !writer.ended)) {
+            if head_written
+                && (!self.wbuf.is_empty() || !chunks.is_empty() || (finished && !writer.ended))
+            {
                 let end = finished && !abort;
                 match self.write_body(&mut writer, chunks, end).await {
                     Ok(()) => {}
@@ -442,7 +458,12 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
     }
 
     async fn discard_body(&mut self, ex: &Exchange<H::State>) -> bool {
-        let deadline = Instant::now() + self.shared.config.inactivity_timeout.min(Duration::from_secs(5));
+        let deadline = Instant::now()
+            + self
+                .shared
+                .config
+                .inactivity_timeout
+                .min(Duration::from_secs(5));
         loop {
             match self.pump_body(ex) {
                 Ok(true) => return true,
@@ -482,7 +503,12 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
     }
 
     /// Writes the pending head (in `wbuf`) and `chunks` with the response's framing.
-    async fn write_body(&mut self, writer: &mut BodyWriter, chunks: Vec<OutChunk>, end: bool) -> io::Result<()> {
+    async fn write_body(
+        &mut self,
+        writer: &mut BodyWriter,
+        chunks: Vec<OutChunk>,
+        end: bool,
+    ) -> io::Result<()> {
         let mut headers: Vec<ChunkHeader> = Vec::new();
         let mut datas: Vec<Bytes> = Vec::with_capacity(chunks.len());
         let mut files: Vec<(std::fs::File, u64, u64)> = Vec::new();
@@ -491,7 +517,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             match chunk {
                 OutChunk::Data(d) => {
                     if let Some(d) = writer.admit(d) {
-                        if writer.framing == BodyFraming::Chunked {
+                        if writer.framing == Some(BodyFraming::Chunked) {
                             headers.push(chunk_header(d.len()));
                         }
                         datas.push(d);
@@ -512,7 +538,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             if !self.wbuf.is_empty() {
                 slices.push(IoSlice::new(&self.wbuf));
             }
-            let chunked = writer.framing == BodyFraming::Chunked;
+            let chunked = writer.framing == Some(BodyFraming::Chunked);
             for (i, d) in datas.iter().enumerate() {
                 if chunked {
                     slices.push(IoSlice::new(headers[i].as_bytes()));
@@ -540,7 +566,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         if !head.is_empty() {
             self.write_timed(&head).await?;
         }
-        let chunked = writer.framing == BodyFraming::Chunked;
+        let chunked = writer.framing == Some(BodyFraming::Chunked);
         let mut file_iter = files.into_iter();
         let mut next_file_at = pending_files_after.into_iter().peekable();
         for (i, d) in datas.iter().enumerate() {
@@ -570,9 +596,16 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         Ok(())
     }
 
-    async fn write_file(&mut self, file: &std::fs::File, offset: u64, len: u64, chunked: bool) -> io::Result<()> {
+    async fn write_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+        chunked: bool,
+    ) -> io::Result<()> {
         if chunked {
-            self.write_timed(chunk_header(len as usize).as_bytes()).await?;
+            self.write_timed(chunk_header(len as usize).as_bytes())
+                .await?;
         }
         let sent = self.io.send_file(file, offset, len).await?;
         self.shared.stats.bytes_out(sent as usize);
@@ -621,7 +654,12 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         self.send_simple(e.status(), e.reason(), e.detail()).await;
     }
 
-    fn log_request(&self, log: &crate::access_log::AccessLog, ex: &Exchange<H::State>, writer: &BodyWriter) {
+    fn log_request(
+        &self,
+        log: &crate::access_log::AccessLog,
+        ex: &Exchange<H::State>,
+        writer: &BodyWriter,
+    ) {
         let head = &ex.head;
         let mut line = Vec::with_capacity(head.method().len() + head.target().len() + 10);
         line.extend_from_slice(head.method());
@@ -635,7 +673,11 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         };
         if self.shared.config.log_x_forwarded_for {
             if let Some(xff) = head.header(b"x-forwarded-for") {
-                let xff: String = xff.iter().filter(|b| **b != b' ').map(|&b| b as char).collect();
+                let xff: String = xff
+                    .iter()
+                    .filter(|b| **b != b' ')
+                    .map(|&b| b as char)
+                    .collect();
                 if !xff.is_empty() {
                     ip = format!("{xff},{ip}");
                 }
@@ -654,7 +696,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
 /// Applies the response framing to the body as it is written.
 #[derive(Default)]
 struct BodyWriter {
-    framing: BodyFramingOpt,
+    framing: Option<BodyFraming>,
     status: u16,
     /// Body bytes sent (before framing).
     sent: u64,
@@ -662,24 +704,9 @@ struct BodyWriter {
     keep_alive: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct BodyFramingOpt(Option<BodyFraming>);
-
-impl Default for BodyFramingOpt {
-    fn default() -> Self {
-        BodyFramingOpt(None)
-    }
-}
-
-impl PartialEq<BodyFraming> for BodyFramingOpt {
-    fn eq(&self, other: &BodyFraming) -> bool {
-        self.0 == Some(*other)
-    }
-}
-
 impl BodyWriter {
     fn begin(&mut self, start: &ResponseStart, _is_head: bool) {
-        self.framing = BodyFramingOpt(Some(start.framing));
+        self.framing = Some(start.framing);
         self.status = start.status;
         self.keep_alive = start.keep_alive && start.framing != BodyFraming::Close;
     }
@@ -697,7 +724,7 @@ impl BodyWriter {
     }
 
     fn admit_len(&mut self, len: u64) -> u64 {
-        let n = match self.framing.0 {
+        let n = match self.framing {
             None | Some(BodyFraming::NoBody) => 0,
             Some(BodyFraming::Length(total)) => len.min(total.saturating_sub(self.sent)),
             Some(BodyFraming::Chunked) | Some(BodyFraming::Close) => len,
@@ -708,7 +735,7 @@ impl BodyWriter {
 
     fn end(&mut self) -> &'static [u8] {
         self.ended = true;
-        if self.framing == BodyFraming::Chunked {
+        if self.framing == Some(BodyFraming::Chunked) {
             LAST_CHUNK
         } else {
             b""
@@ -717,7 +744,7 @@ impl BodyWriter {
 
     /// Whether what was sent is a whole response under its framing.
     fn complete(&self) -> bool {
-        match self.framing.0 {
+        match self.framing {
             Some(BodyFraming::Length(total)) => self.sent == total && self.ended,
             Some(BodyFraming::Chunked) => self.ended,
             Some(_) => true,
@@ -727,7 +754,10 @@ impl BodyWriter {
 }
 
 /// Writes every slice, advancing through partial writes.
-async fn write_all_vectored<T: AsyncWrite + Unpin>(io: &mut T, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+async fn write_all_vectored<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    mut slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
     while !slices.is_empty() {
         let n = std::future::poll_fn(|cx: &mut Context<'_>| -> Poll<io::Result<usize>> {
             Pin::new(&mut *io).poll_write_vectored(cx, slices)

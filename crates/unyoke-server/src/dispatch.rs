@@ -472,5 +472,4 @@ impl<J: Job> Dispatcher<J> {
             }
         }
     }
-
 }

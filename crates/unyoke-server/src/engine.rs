@@ -186,7 +186,12 @@ pub struct Engine<H: Handler> {
 
 impl<H: Handler> Engine<H> {
     /// Builds the engine; nothing runs until [`Engine::run`].
-    pub fn new(config: Config, listeners: Vec<Listener>, handler: H, gate: Arc<dyn Gate>) -> io::Result<Self> {
+    pub fn new(
+        config: Config,
+        listeners: Vec<Listener>,
+        handler: H,
+        gate: Arc<dyn Gate>,
+    ) -> io::Result<Self> {
         tune_allocator();
         let dispatcher: Arc<Dispatcher<Task<H>>> = Dispatcher::new(gate, config.threads);
         let (d1, d2) = (Arc::clone(&dispatcher), Arc::clone(&dispatcher));
@@ -237,15 +242,21 @@ impl<H: Handler> Engine<H> {
             let _guard = self.rt.enter();
             for l in listeners {
                 let l = l.into_tokio()?;
-                self.rt.spawn(accept_loop(Arc::clone(&self.shared), l, Arc::clone(&limit)));
+                self.rt
+                    .spawn(accept_loop(Arc::clone(&self.shared), l, Arc::clone(&limit)));
             }
         }
         self.rt.spawn(housekeeping(Arc::clone(&self.shared)));
-        self.rt.spawn(Arc::clone(&self.shared.dispatcher).gate_yielder());
+        self.rt
+            .spawn(Arc::clone(&self.shared.dispatcher).gate_yielder());
         self.shared.dispatcher.start(Arc::clone(&self.rt));
         let mut done = self.shared.done.lock();
         while !*done {
-            let timed_out = self.shared.done_cv.wait_for(&mut done, Duration::from_millis(50)).timed_out();
+            let timed_out = self
+                .shared
+                .done_cv
+                .wait_for(&mut done, Duration::from_millis(50))
+                .timed_out();
             if timed_out && !*done {
                 drop(done);
                 if !tick() {
@@ -281,7 +292,9 @@ impl<H: Handler> Engine<H> {
             let deadline = tokio::time::Instant::now() + grace;
             loop {
                 shared.stop_notify.notify_waiters();
-                if shared.stats.open.load(Ordering::Relaxed) == 0 || tokio::time::Instant::now() >= deadline {
+                if shared.stats.open.load(Ordering::Relaxed) == 0
+                    || tokio::time::Instant::now() >= deadline
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -342,9 +355,16 @@ async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
     }
 }
 
-async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: TokioListener, limit: Arc<Semaphore>) {
+async fn accept_loop<H: Handler>(
+    shared: Arc<Shared<H>>,
+    listener: TokioListener,
+    limit: Arc<Semaphore>,
+) {
     let local = match &listener {
-        TokioListener::Tcp(l) => l.local_addr().map(PeerAddr::Tcp).unwrap_or(PeerAddr::Unix(String::new())),
+        TokioListener::Tcp(l) => l
+            .local_addr()
+            .map(PeerAddr::Tcp)
+            .unwrap_or(PeerAddr::Unix(String::new())),
         TokioListener::Unix(l) => PeerAddr::Unix(
             l.local_addr()
                 .ok()
@@ -390,7 +410,10 @@ async fn accept_loop<H: Handler>(shared: Arc<Shared<H>>, listener: TokioListener
             Err(e) => {
                 drop(permit);
                 // EMFILE/ENFILE/ENOMEM: back off instead of spinning on a ready listener.
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

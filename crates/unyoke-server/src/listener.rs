@@ -46,7 +46,9 @@ impl Listener {
             ListenerKind::Unix => {
                 let std = std::os::unix::net::UnixListener::from(self.fd);
                 std.set_nonblocking(true)?;
-                Ok(TokioListener::Unix(tokio::net::UnixListener::from_std(std)?))
+                Ok(TokioListener::Unix(tokio::net::UnixListener::from_std(
+                    std,
+                )?))
             }
         }
     }
