@@ -307,6 +307,16 @@ impl StartResponse {
         if !self.send_chunk(bytes)? {
             return Err(ClientDisconnected::new_err("the client has disconnected"));
         }
+        if self.ex.queued_bytes() >= unyoke_server::OUTPUT_HIGH_WATER {
+            // PEP 3333: write() returns once the data is on its way; here it waits for
+            // room, so a writing loop cannot buffer without bound.
+            let ex = Arc::clone(&self.ex);
+            let alive = data.py().allow_threads(move || ex.wait_writable());
+            self.ex.gate_taken();
+            if !alive {
+                return Err(ClientDisconnected::new_err("the client has disconnected"));
+            }
+        }
         Ok(())
     }
 }

@@ -392,6 +392,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 }
                 let chunks: Vec<OutChunk> = inner.out.drain(..).collect();
                 inner.out_bytes = 0;
+                if !chunks.is_empty() {
+                    ex.notify_app();
+                }
                 let want_more = std::mem::take(&mut inner.want_more);
                 (start, chunks, inner.finished, inner.aborted, want_more)
             };
@@ -432,9 +435,13 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
 
         if gone {
             ex.lock().gone = true;
-            ex.notify_app();
         }
-        shared.submit(WorkItem::Close(Arc::clone(&ex)));
+        // Wakes an application thread blocked on the body or on output room.
+        ex.notify_app();
+        if ex.state.lock().is_some() {
+            // Only requests that kept something (an iterable to close) need the trip.
+            shared.submit(WorkItem::Close(Arc::clone(&ex)));
+        }
         shared.stats.request_finished();
         if let Some(log) = &shared.access_log {
             self.log_request(log, &ex, &writer);

@@ -278,6 +278,20 @@ impl<S> Exchange<S> {
         !inner.gone
     }
 
+    /// Blocks while more than [`OUTPUT_HIGH_WATER`] bytes wait to be written, so that a
+    /// `write()` loop cannot queue without bound. Call without the gate held; returns
+    /// false if the client is gone. Call [`Exchange::gate_taken`] once the gate is held again.
+    pub fn wait_writable(&self) -> bool {
+        let mut inner = self.inner.lock();
+        while inner.out_bytes >= OUTPUT_HIGH_WATER && !inner.gone && !inner.aborted {
+            self.body_cv.wait(&mut inner);
+        }
+        let alive = !inner.gone;
+        drop(inner);
+        self.waking.want_gate();
+        alive
+    }
+
     /// Bytes queued and not yet taken by the connection.
     pub fn queued_bytes(&self) -> u64 {
         self.inner.lock().out_bytes
