@@ -207,7 +207,9 @@ class ServerProcess:
     def connect(self, timeout: float = rawhttp.DEFAULT_TIMEOUT) -> rawhttp.RawConnection:
         return rawhttp.RawConnection(self.address, timeout=timeout)
 
-    def request(self, raw: bytes, method: str = "GET", close_wait: float = 1.0) -> rawhttp.Exchange:
+    def request(self, raw: bytes, method: str = "GET", close_wait: float = 0.0) -> rawhttp.Exchange:
+        """One request on a fresh connection. `closed` is only meaningful with a
+        `close_wait` (seconds to wait for the server to close after the response)."""
         return rawhttp.request(self.address, raw, method=method, close_wait=close_wait)
 
     def get(

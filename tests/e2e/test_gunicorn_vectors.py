@@ -565,6 +565,10 @@ def test_valid_vector(default_server, valid_vector):
             conn.send(f"GET {sentinel} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             _, last = conn.read_final_response()
             assert last.status == 200 and last.json()["environ"]["PATH_INFO"] == sentinel, last
+    # Exactly the stated requests reached the app (and the sentinel, when sent); this
+    # also proves the call log that assert_rejected() relies on is being written.
+    sentinels = 0 if expects_close(requests[-1]) else 1
+    assert default_server.app_calls() - calls_before == len(requests) + sentinels
 
 
 def test_invalid_vector(limited_server, invalid_vector):

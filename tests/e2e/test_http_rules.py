@@ -79,6 +79,15 @@ def assert_rejected(
     return response
 
 
+def test_app_call_log_records_requests(server):
+    """The rejection tests rely on the app's call log: it must see accepted requests."""
+    before = server.app_calls()
+    marker = f"/counted-{uuid.uuid4().hex}"
+    assert server.get(marker).status == 200
+    assert server.app_calls() == before + 1
+    assert server.state_lines("calls")[-1] == f"GET {marker}"
+
+
 def send_and_read(server: ServerProcess, raw: bytes, count: int, method: str = "GET"):
     with server.connect() as conn:
         conn.send(raw)
