@@ -132,6 +132,7 @@ impl EnvironBuilder {
             "SERVER_SOFTWARE",
             concat!("unyoke/", env!("CARGO_PKG_VERSION")),
         )?;
+        crate::extensions::add_to_template(py, &template)?;
         if let Some(extra) = extra {
             for (k, v) in extra.iter() {
                 template.set_item(k, v)?;

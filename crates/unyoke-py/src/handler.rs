@@ -4,21 +4,59 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple};
-use unyoke_server::{Exchange, Handler, OutChunk, ResponseStart, OUTPUT_HIGH_WATER};
+use unyoke_server::{
+    ConnInfo, Exchange, Handler, OutChunk, ParkOutcome, PeerAddr, ResponseStart, OUTPUT_HIGH_WATER,
+};
 
 use crate::environ::EnvironBuilder;
+use crate::extensions::{self, Pending, Responder};
 use crate::file_wrapper::FileWrapper;
 use crate::input::Input;
 use crate::settings::WsgiSettings;
 use crate::start_response::{type_name, StartResponse};
 
-/// What a request keeps between its application call and its end.
+/// What a request keeps between its application call and its end. Requests answered
+/// at once with a list keep nothing (and cost no trip back at the end).
 pub struct ReqState {
     /// The object the application returned, if it has `close()`.
-    closeable: Option<Py<PyAny>>,
+    pub(crate) closeable: Option<Py<PyAny>>,
     /// The iterator over the body, while it is not exhausted.
-    iterator: Option<Py<PyIterator>>,
-    start_response: Py<StartResponse>,
+    pub(crate) iterator: Option<Py<PyIterator>>,
+    pub(crate) start_response: Py<StartResponse>,
+    /// The environ, when something later needs it (posthooks, coroutine results).
+    pub(crate) environ: Option<Py<PyDict>>,
+    /// `environ['unyoke.posthooks']`, when the application added hooks.
+    pub(crate) posthooks: Option<Py<PyList>>,
+    /// The deferred responder the application returned.
+    pub(crate) responder: Option<Py<Responder>>,
+    /// The coroutine operation a parked generator waits for.
+    pub(crate) pending: Option<Pending>,
+    /// The value `unyoke.signal` delivered to a waiting generator.
+    pub(crate) signal_value: Option<Py<PyAny>>,
+}
+
+impl ReqState {
+    fn new(sr: &Bound<'_, StartResponse>) -> Self {
+        ReqState {
+            closeable: None,
+            iterator: None,
+            start_response: sr.clone().unbind(),
+            environ: None,
+            posthooks: None,
+            responder: None,
+            pending: None,
+            signal_value: None,
+        }
+    }
+}
+
+/// Logs `err` with its traceback on the error logger.
+pub fn log_error(py: Python<'_>, logger: &Bound<'_, PyAny>, msg: &str, err: &PyErr) {
+    let kwargs = PyDict::new(py);
+    let _ = kwargs.set_item("exc_info", exc_info(py, err));
+    if logger.call_method("error", (msg,), Some(&kwargs)).is_err() {
+        err.print(py);
+    }
 }
 
 /// Settings and objects every request of the handler uses.
@@ -28,6 +66,10 @@ pub struct HandlerShared {
 
 pub struct WsgiHandler {
     app: Py<PyAny>,
+    /// Applications mounted by path prefix, longest prefix first (`mounts`).
+    mounts: Vec<(String, Py<PyAny>)>,
+    on_connect: Option<Py<PyAny>>,
+    on_disconnect: Option<Py<PyAny>>,
     environ: EnvironBuilder,
     shared: Arc<HandlerShared>,
     error_logger: Py<PyAny>,
@@ -36,12 +78,29 @@ pub struct WsgiHandler {
 
 type Ex = Arc<Exchange<ReqState>>;
 
+/// Optional parts of a handler: mounted applications and channel events.
+#[derive(Default)]
+pub struct Hooks {
+    pub mounts: Vec<(String, Py<PyAny>)>,
+    pub on_connect: Option<Py<PyAny>>,
+    pub on_disconnect: Option<Py<PyAny>>,
+}
+
+/// Whether `path` is `prefix` or below it (at a `/` boundary).
+fn mounted_at(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
 impl WsgiHandler {
     pub fn new(
         py: Python<'_>,
         app: Py<PyAny>,
         settings: WsgiSettings,
         extra_environ: Option<&Bound<'_, PyDict>>,
+        hooks: Hooks,
     ) -> PyResult<Self> {
         let file_wrapper = py.get_type::<FileWrapper>();
         let environ = EnvironBuilder::new(py, &settings, extra_environ, file_wrapper.as_any())?;
@@ -49,8 +108,13 @@ impl WsgiHandler {
             .import("logging")?
             .call_method1("getLogger", ("unyoke.error",))?;
         let traceback_format = py.import("traceback")?.getattr("format_exception")?;
+        let mut mounts = hooks.mounts;
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
         Ok(WsgiHandler {
             app,
+            mounts,
+            on_connect: hooks.on_connect,
+            on_disconnect: hooks.on_disconnect,
             environ,
             shared: Arc::new(HandlerShared { settings }),
             error_logger: error_logger.unbind(),
@@ -81,11 +145,75 @@ impl WsgiHandler {
             Ok(sr) => sr,
             Err(e) => return self.fail(py, ex, None, e, "building the environ"),
         };
-        let result = match self.app.bind(py).call1((env, sr.clone())) {
-            Ok(r) => r,
-            Err(e) => return self.fail(py, ex, Some(&sr), e, "calling the application"),
+        let posthooks = PyList::empty(py);
+        if let Err(e) = env.set_item("unyoke.posthooks", &posthooks) {
+            return self.fail(py, ex, None, e, "building the environ");
+        }
+        let app = match self.route(py, &env) {
+            Ok(app) => app,
+            Err(e) => return self.fail(py, ex, None, e, "routing"),
         };
-        self.consume(py, ex, &sr, result);
+        let (result, _) = extensions::with_current(ex, Some(&sr), || app.call1((&env, &sr)));
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.keep_hooks(ex, &sr, &env, &posthooks);
+                return self.fail(py, ex, Some(&sr), e, "calling the application");
+            }
+        };
+        if let Ok(responder) = result.downcast::<Responder>() {
+            // Deferred: the application answers later; watch for the client leaving.
+            let mut st = ReqState::new(&sr);
+            st.responder = Some(responder.clone().unbind());
+            st.environ = Some(env.clone().unbind());
+            if !posthooks.is_empty() {
+                st.posthooks = Some(posthooks.unbind());
+            }
+            *ex.state.lock() = Some(st);
+            ex.watch_client();
+            return;
+        }
+        self.consume(py, ex, &sr, result, &env);
+        self.keep_hooks(ex, &sr, &env, &posthooks);
+    }
+
+    /// Keeps the posthooks (and the environ they take) when the application added any.
+    fn keep_hooks(
+        &self,
+        ex: &Ex,
+        sr: &Bound<'_, StartResponse>,
+        env: &Bound<'_, PyDict>,
+        hooks: &Bound<'_, PyList>,
+    ) {
+        if hooks.is_empty() {
+            return;
+        }
+        let mut state = ex.state.lock();
+        let st = state.get_or_insert_with(|| ReqState::new(sr));
+        st.posthooks = Some(hooks.clone().unbind());
+        st.environ = Some(env.clone().unbind());
+    }
+
+    /// The application for this request: the longest mounted prefix of PATH_INFO, which
+    /// moves from PATH_INFO to SCRIPT_NAME; the main application otherwise.
+    fn route<'py>(&self, py: Python<'py>, env: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+        if self.mounts.is_empty() {
+            return Ok(self.app.bind(py).clone());
+        }
+        let path: String = env
+            .get_item("PATH_INFO")?
+            .map(|p| p.extract())
+            .transpose()?
+            .unwrap_or_default();
+        for (prefix, app) in &self.mounts {
+            if mounted_at(prefix, &path) {
+                let p = prefix.trim_end_matches('/');
+                env.set_item("SCRIPT_NAME", p)?;
+                env.set_item("PATH_INFO", &path[p.len()..])?;
+                return Ok(app.bind(py).clone());
+            }
+        }
+        Ok(self.app.bind(py).clone())
     }
 
     /// Handles what the application returned.
@@ -95,6 +223,7 @@ impl WsgiHandler {
         ex: &Ex,
         sr: &Bound<'_, StartResponse>,
         result: Bound<'_, PyAny>,
+        env: &Bound<'_, PyDict>,
     ) {
         // The common case: a list (or tuple) of bytes, all known now.
         let items = if let Ok(list) = result.downcast_exact::<PyList>() {
@@ -135,6 +264,10 @@ impl WsgiHandler {
             }
         };
         self.keep_for_close(py, ex, sr, &result, Some(iterator.unbind()));
+        if let Some(st) = ex.state.lock().as_mut() {
+            // Coroutine operations put their results in the environ.
+            st.environ = Some(env.clone().unbind());
+        }
         self.pump(py, ex);
     }
 
@@ -150,11 +283,10 @@ impl WsgiHandler {
             .hasattr("close")
             .unwrap_or(false)
             .then(|| result.clone().unbind());
-        *ex.state.lock() = Some(ReqState {
-            closeable,
-            iterator,
-            start_response: sr.clone().unbind(),
-        });
+        let mut state = ex.state.lock();
+        let st = state.get_or_insert_with(|| ReqState::new(sr));
+        st.closeable = closeable;
+        st.iterator = iterator;
     }
 
     fn respond_all(
@@ -259,7 +391,8 @@ impl WsgiHandler {
         let min_chunk = self.shared.settings.minimum_chunk_size;
         let mut coalesced: Vec<u8> = Vec::new();
         loop {
-            match iterator.next() {
+            let (next, op) = extensions::with_current(ex, Some(sr), || iterator.next());
+            match next {
                 None => {
                     if let Some(st) = ex.state.lock().as_mut() {
                         st.iterator = None;
@@ -320,6 +453,26 @@ impl WsgiHandler {
                                 return self.fail(py, ex, Some(sr), e, "sending the response")
                             }
                         }
+                    }
+                    if let Some(op) = op {
+                        // A coroutine operation: send what came so far, then park.
+                        if !coalesced.is_empty() {
+                            let joined = PyBytes::new(py, &coalesced);
+                            coalesced.clear();
+                            if let Err(e) = sr.borrow_mut().send_chunk(&joined) {
+                                return self.fail(py, ex, Some(sr), e, "sending the response");
+                            }
+                        }
+                        if let Err(e) = extensions::start_op(py, ex, op) {
+                            return self.fail(
+                                py,
+                                ex,
+                                Some(sr),
+                                e,
+                                "starting a coroutine operation",
+                            );
+                        }
+                        return;
                     }
                     if ex.queued_bytes() >= OUTPUT_HIGH_WATER {
                         if !coalesced.is_empty() {
@@ -422,6 +575,14 @@ impl WsgiHandler {
     }
 }
 
+/// `(host, port)` for TCP, the path for UNIX sockets.
+fn addr_object<'py>(py: Python<'py>, a: &PeerAddr) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match a {
+        PeerAddr::Tcp(s) => (s.ip().to_string(), s.port()).into_pyobject(py)?.into_any(),
+        PeerAddr::Unix(p) => p.into_pyobject(py)?.into_any(),
+    })
+}
+
 /// `(type, value, traceback)` of an error, as `logging` and `traceback` take it.
 fn exc_info<'py>(py: Python<'py>, err: &PyErr) -> Bound<'py, PyTuple> {
     let tb = err
@@ -447,25 +608,110 @@ impl Handler for WsgiHandler {
     }
 
     fn resume(&self, ex: &Ex) {
-        Python::with_gil(|py| self.pump(py, ex));
+        Python::with_gil(|py| {
+            // Back from a park: put the operation's result in the environ first.
+            if let Some(outcome) = ex.take_park_outcome() {
+                let (pending, environ) = {
+                    let mut state = ex.state.lock();
+                    let Some(st) = state.as_mut() else { return };
+                    (
+                        st.pending.take(),
+                        st.environ.as_ref().map(|e| e.clone_ref(py)),
+                    )
+                };
+                if let (Some(pending), Some(environ)) = (pending, environ) {
+                    let timed_out = outcome == ParkOutcome::TimedOut;
+                    if let Err(e) =
+                        extensions::deliver(py, environ.bind(py), ex, pending, timed_out)
+                    {
+                        return self.fail(py, ex, None, e, "resuming after a coroutine operation");
+                    }
+                }
+            }
+            self.pump(py, ex)
+        });
     }
 
     fn close(&self, ex: &Ex) {
         let state = ex.state.lock().take();
-        let Some(state) = state else { return };
+        let Some(mut state) = state else { return };
         Python::with_gil(|py| {
+            let log = self.error_logger.bind(py);
+            if let Some(Pending::Wait(name)) = state.pending.take() {
+                extensions::unregister_waiter(&name, ex);
+            }
+            if let Some(r) = &state.responder {
+                r.borrow_mut(py).fire_close(py, log);
+            }
             if let Some(obj) = &state.closeable {
                 if let Err(e) = obj.bind(py).call_method0("close") {
-                    let kwargs = PyDict::new(py);
-                    let _ = kwargs.set_item("exc_info", exc_info(py, &e));
-                    let _ = self.error_logger.bind(py).call_method(
-                        "error",
-                        ("Error in the response iterable's close()",),
-                        Some(&kwargs),
-                    );
+                    log_error(py, log, "Error in the response iterable's close()", &e);
+                }
+            }
+            if let (Some(hooks), Some(environ)) = (&state.posthooks, &state.environ) {
+                for hook in hooks.bind(py).iter() {
+                    let run = || -> PyResult<()> {
+                        let (func, args, kwargs): (
+                            Bound<'_, PyAny>,
+                            Bound<'_, PyAny>,
+                            Option<Bound<'_, PyDict>>,
+                        ) = hook.extract()?;
+                        let mut all = vec![environ.bind(py).clone().into_any()];
+                        all.extend(args.try_iter()?.collect::<PyResult<Vec<_>>>()?);
+                        func.call(PyTuple::new(py, all)?, kwargs.as_ref())?;
+                        Ok(())
+                    };
+                    if let Err(e) = run() {
+                        log_error(py, log, "Error in a post hook", &e);
+                    }
                 }
             }
             drop(state);
+        });
+    }
+
+    fn written(&self, ex: &Ex) {
+        Python::with_gil(|py| {
+            let responder = ex
+                .state
+                .lock()
+                .as_ref()
+                .and_then(|s| s.responder.as_ref().map(|r| r.clone_ref(py)));
+            if let Some(r) = responder {
+                r.borrow_mut(py)
+                    .fire_flushed(py, ex.written(), self.error_logger.bind(py));
+            }
+        });
+    }
+
+    fn wants_connection_events(&self) -> bool {
+        self.on_connect.is_some() || self.on_disconnect.is_some()
+    }
+
+    fn connection_event(&self, info: &Arc<ConnInfo>, open: bool) {
+        let hook = if open {
+            &self.on_connect
+        } else {
+            &self.on_disconnect
+        };
+        let Some(hook) = hook else { return };
+        Python::with_gil(|py| {
+            let run = || -> PyResult<()> {
+                let d = PyDict::new(py);
+                d.set_item("id", info.id)?;
+                d.set_item("peer", addr_object(py, &info.peer)?)?;
+                d.set_item("local", addr_object(py, &info.local)?)?;
+                hook.bind(py).call1((d,))?;
+                Ok(())
+            };
+            if let Err(e) = run() {
+                log_error(
+                    py,
+                    self.error_logger.bind(py),
+                    "Error in a connection event hook",
+                    &e,
+                );
+            }
         });
     }
 }

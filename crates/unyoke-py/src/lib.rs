@@ -2,6 +2,7 @@
 //! into PEP 3333 calls and the application's answers into engine output.
 
 mod environ;
+mod extensions;
 mod file_wrapper;
 mod gate;
 mod handler;
@@ -52,7 +53,8 @@ impl Engine {
             })?),
             _ => None,
         };
-        let handler = handler::WsgiHandler::new(py, app, wsgi, extra.as_ref())?;
+        let hooks = settings::hooks(settings)?;
+        let handler = handler::WsgiHandler::new(py, app, wsgi, extra.as_ref(), hooks)?;
         let mut ls = Vec::with_capacity(listeners.len());
         for (fd, kind, display) in listeners {
             let kind = match kind.as_str() {
@@ -130,6 +132,13 @@ fn _unyoke(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<input::Input>()?;
     m.add_class::<start_response::StartResponse>()?;
     m.add_class::<file_wrapper::FileWrapper>()?;
+    m.add_class::<extensions::Responder>()?;
+    m.add_class::<extensions::Unparker>()?;
+    m.add_function(wrap_pyfunction!(extensions::defer, m)?)?;
+    m.add_function(wrap_pyfunction!(extensions::sleep, m)?)?;
+    m.add_function(wrap_pyfunction!(extensions::wait, m)?)?;
+    m.add_function(wrap_pyfunction!(extensions::future, m)?)?;
+    m.add_function(wrap_pyfunction!(extensions::signal, m)?)?;
     m.add(
         "ClientDisconnected",
         m.py().get_type::<ClientDisconnected>(),

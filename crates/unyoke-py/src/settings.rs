@@ -6,7 +6,9 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use unyoke_server::{Config, LogFormat};
+use unyoke_server::{Config, LogFormat, Network};
+
+use crate::handler::Hooks;
 
 /// Settings the WSGI layer uses itself.
 #[derive(Debug, Clone)]
@@ -74,6 +76,18 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
         )?;
         c.access_log = Some(LogFormat::parse(&fmt).map_err(PyValueError::new_err)?);
     }
+    let responseless: f64 = get(d, "responseless_timeout", 0.0)?;
+    if responseless > 0.0 {
+        c.responseless_timeout = Some(seconds(d, "responseless_timeout", 0.0)?);
+    }
+    c.maximum_simultaneous_requests = get(d, "maximum_simultaneous_requests", 0usize)?;
+    let origins: Vec<String> = get(d, "origins", Vec::new())?;
+    c.origins = origins
+        .iter()
+        .map(|o| {
+            Network::parse(o).map_err(|e| PyValueError::new_err(format!("setting origins: {e}")))
+        })
+        .collect::<PyResult<_>>()?;
     let max_http_version: String = get(d, "max_http_version", "HTTP/1.1".to_string())?;
     let pretend_http10 = match max_http_version.as_str() {
         "HTTP/1.1" => false,
@@ -95,4 +109,48 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
         minimum_chunk_size: get(d, "minimum_chunk_size", 0usize)?,
     };
     Ok((c, w))
+}
+
+/// Mounted applications and connection hooks.
+pub fn hooks(d: &Bound<'_, PyDict>) -> PyResult<Hooks> {
+    let mut h = Hooks::default();
+    if let Some(m) = d.get_item("mounts")? {
+        if !m.is_none() {
+            let m = m.downcast_into::<PyDict>().map_err(|_| {
+                PyValueError::new_err(
+                    "setting mounts: must be a dict of path prefix to application",
+                )
+            })?;
+            for (k, v) in m.iter() {
+                let prefix: String = k.extract()?;
+                if !prefix.starts_with('/') {
+                    return Err(PyValueError::new_err(format!(
+                        "setting mounts: prefix {prefix:?} must start with '/'"
+                    )));
+                }
+                if !v.is_callable() {
+                    return Err(PyValueError::new_err(format!(
+                        "setting mounts: the application at {prefix:?} is not callable"
+                    )));
+                }
+                h.mounts.push((prefix, v.unbind()));
+            }
+        }
+    }
+    for (key, slot) in [
+        ("on_connect", &mut h.on_connect),
+        ("on_disconnect", &mut h.on_disconnect),
+    ] {
+        if let Some(f) = d.get_item(key)? {
+            if !f.is_none() {
+                if !f.is_callable() {
+                    return Err(PyValueError::new_err(format!(
+                        "setting {key}: must be callable"
+                    )));
+                }
+                *slot = Some(f.unbind());
+            }
+        }
+    }
+    Ok(h)
 }

@@ -314,6 +314,26 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 }
             }
         }
+        // With `maximum_simultaneous_requests`, wait for a slot (bounded, then 503).
+        let _slot = match &shared.request_slots {
+            None => None,
+            Some(slots) => {
+                let deadline = Instant::now() + cfg.inactivity_timeout;
+                match timeout_at(deadline, Arc::clone(slots).acquire_owned()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        shared.stats.request_finished();
+                        self.send_simple(
+                            503,
+                            "Service Unavailable",
+                            "too many requests in progress",
+                        )
+                        .await;
+                        return Ok(false);
+                    }
+                }
+            }
+        };
         shared.submit(WorkItem::Call(Arc::clone(&ex)));
 
         let mut continue_sent = false;
@@ -321,12 +341,24 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         let mut head_written = false;
         let mut aborted = false;
         let mut gone = false;
+        let mut last_progress = Instant::now();
+        let responseless_deadline = cfg.responseless_timeout.map(|t| Instant::now() + t);
         loop {
-            let (want_read, demand) = {
+            let (want_read, demand, park_deadline, watch_client) = {
                 let inner = ex.lock();
                 let read_ahead =
                     (inner.body_buffered as u64) < cfg.inbuf_overflow && (!expect || continue_sent);
-                (!body_done && (inner.demand || read_ahead), inner.demand)
+                let park = if inner.parked && !inner.unparked {
+                    inner.park_deadline
+                } else {
+                    None
+                };
+                (
+                    !body_done && (inner.demand || read_ahead),
+                    inner.demand,
+                    park,
+                    inner.watch_client || inner.parked,
+                )
             };
             if demand && expect && !continue_sent && !head_written && !body_done {
                 continue_sent = true;
@@ -339,20 +371,81 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 }
                 continue;
             }
+            // For a response that may take long (deferred, parked), keep reading once the
+            // body is in (into the buffer, for a pipelined request) to notice a client that
+            // leaves. Quick responses skip this: it would cost a syscall per request.
+            let watch_eof = body_done
+                && watch_client
+                && !gone
+                && self.buf.len() < cfg.limits.max_request_header_size;
             if want_read {
                 self.make_room(BODY_READ_SIZE);
+            } else if watch_eof {
+                self.make_room(HEAD_READ_SIZE);
             }
-            let deadline = Instant::now() + cfg.inactivity_timeout;
+            // The next timer: a parked response's deadline, the responseless timeout, or
+            // the inactivity timeout of a started response.
+            let mut timer: Option<(Instant, Timer)> =
+                park_deadline.map(|d| (Instant::from_std(d), Timer::Park));
+            if !head_written {
+                if let Some(d) = responseless_deadline {
+                    if timer.is_none_or(|(t, _)| d < t) {
+                        timer = Some((d, Timer::Responseless));
+                    }
+                }
+            } else {
+                let d = last_progress + cfg.inactivity_timeout;
+                if timer.is_none_or(|(t, _)| d < t) {
+                    timer = Some((d, Timer::Inactive));
+                }
+            }
+            let read_deadline = Instant::now() + cfg.inactivity_timeout;
             let exr = &ex;
+            let timer_at = timer.map(|(t, _)| t).unwrap_or(read_deadline);
             tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| exr.poll_signal(cx)) => {}
-                r = timeout_at(deadline, self.io.read_buf(&mut self.buf)), if want_read => {
+                _ = tokio::time::sleep_until(timer_at), if timer.is_some() => {
+                    match timer.map(|(_, k)| k) {
+                        Some(Timer::Park) => {
+                            let mut inner = ex.lock();
+                            if inner.parked && !inner.unparked {
+                                inner.parked = false;
+                                inner.park_timed_out = true;
+                                drop(inner);
+                                shared.submit(WorkItem::Resume(Arc::clone(&ex)));
+                            }
+                        }
+                        Some(Timer::Responseless) => {
+                            let started = { let i = ex.lock(); i.start.is_some() || i.start_taken };
+                            if !started {
+                                ex.lock().gone = true;
+                                ex.notify_app();
+                                self.send_simple(503, "Service Unavailable", "the application did not respond in time").await;
+                                if let Some(log) = &shared.access_log {
+                                    writer.status = 503;
+                                    self.log_request(log, &ex, &writer);
+                                }
+                                aborted = true;
+                                gone = true;
+                            }
+                        }
+                        Some(Timer::Inactive) => {
+                            // A started response that made no progress: give up on it.
+                            aborted = true;
+                            gone = true;
+                        }
+                        None => {}
+                    }
+                }
+                r = timeout_at(read_deadline, self.io.read_buf(&mut self.buf)), if want_read || watch_eof => {
                     match r {
                         Ok(Ok(0)) => {
-                            // The client closed its side mid-body.
+                            // The client closed its side: mid-body, or while waiting.
                             let mut inner = ex.lock();
-                            inner.body_error = Some(BodyError::Disconnected);
+                            if !body_done {
+                                inner.body_error = Some(BodyError::Disconnected);
+                            }
                             drop(inner);
                             ex.notify_app();
                             body_done = true;
@@ -360,24 +453,40 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                         }
                         Ok(Ok(n)) => {
                             shared.stats.bytes_in(n);
-                            match self.pump_body(&ex) {
-                                Ok(done) => body_done = done,
-                                Err(e) => { malformed = Some(e); body_done = true; }
+                            if want_read {
+                                match self.pump_body(&ex) {
+                                    Ok(done) => body_done = done,
+                                    Err(e) => { malformed = Some(e); body_done = true; }
+                                }
                             }
                         }
                         Ok(Err(_)) => {
-                            ex.lock().body_error = Some(BodyError::Disconnected);
+                            if !body_done {
+                                ex.lock().body_error = Some(BodyError::Disconnected);
+                            }
                             ex.notify_app();
                             body_done = true;
                             gone = true;
                         }
                         Err(_) => {
-                            ex.lock().body_error = Some(BodyError::Timeout);
-                            ex.notify_app();
-                            body_done = true;
-                            gone = true;
+                            if !body_done {
+                                ex.lock().body_error = Some(BodyError::Timeout);
+                                ex.notify_app();
+                                body_done = true;
+                                gone = true;
+                            }
+                            // Waiting for the application is not the client's inactivity.
                         }
                     }
+                }
+            }
+            {
+                // A park that ended by unpark: resume the handler.
+                let mut inner = ex.lock();
+                if inner.parked && inner.unparked {
+                    inner.parked = false;
+                    drop(inner);
+                    shared.submit(WorkItem::Resume(Arc::clone(&ex)));
                 }
             }
             if gone {
@@ -417,11 +526,18 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             {
                 let end = finished && !abort;
                 match self.write_body(&mut writer, chunks, end).await {
-                    Ok(()) => {}
+                    Ok(()) => last_progress = Instant::now(),
                     Err(_) => {
                         gone = true;
                         break;
                     }
+                }
+                let mut inner = ex.lock();
+                inner.written = writer.sent;
+                if inner.written_target.is_some_and(|t| writer.sent >= t) {
+                    inner.written_target = None;
+                    drop(inner);
+                    shared.submit(WorkItem::Written(Arc::clone(&ex)));
                 }
             }
             if finished {
@@ -698,6 +814,14 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             wall_seconds: ex.started.elapsed().as_secs_f64(),
         });
     }
+}
+
+/// What a connection waits for besides the socket and the application.
+#[derive(Clone, Copy)]
+enum Timer {
+    Park,
+    Responseless,
+    Inactive,
 }
 
 /// Applies the response framing to the body as it is written.

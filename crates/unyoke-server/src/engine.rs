@@ -44,6 +44,73 @@ pub struct Config {
     pub access_log: Option<LogFormat>,
     /// Prefix the client address with X-Forwarded-For in the access log.
     pub log_x_forwarded_for: bool,
+    /// A response not started this long after the request head ends with 503 (None: no limit).
+    pub responseless_timeout: Option<Duration>,
+    /// Networks allowed to connect (empty: everyone); others are closed at accept.
+    pub origins: Vec<Network>,
+    /// Most requests in progress at once (0: no limit); further requests wait for a slot
+    /// for up to `inactivity_timeout`, then get 503.
+    pub maximum_simultaneous_requests: usize,
+}
+
+/// An IP network, e.g. `10.0.0.0/8` (an IPv4 network also matches IPv4-mapped IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Parses `ADDR/PREFIX` or a bare address.
+    pub fn parse(s: &str) -> Result<Network, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Network { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix))
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -60,6 +127,9 @@ impl Default for Config {
             inbuf_overflow: 512 * 1024,
             access_log: None,
             log_x_forwarded_for: true,
+            responseless_timeout: None,
+            origins: Vec::new(),
+            maximum_simultaneous_requests: 0,
         }
     }
 }
@@ -111,6 +181,8 @@ pub(crate) enum WorkItem<H: Handler> {
     Call(Arc<Exchange<H::State>>),
     Resume(Arc<Exchange<H::State>>),
     Close(Arc<Exchange<H::State>>),
+    Written(Arc<Exchange<H::State>>),
+    Connection(Arc<ConnInfo>, bool),
 }
 
 pub(crate) struct Task<H: Handler> {
@@ -124,6 +196,8 @@ impl<H: Handler> Job for Task<H> {
             WorkItem::Call(ex) => self.handler.call(ex),
             WorkItem::Resume(ex) => self.handler.resume(ex),
             WorkItem::Close(ex) => self.handler.close(ex),
+            WorkItem::Written(ex) => self.handler.written(ex),
+            WorkItem::Connection(info, open) => self.handler.connection_event(info, *open),
         }
     }
 }
@@ -150,6 +224,9 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) stats: Counters,
     pub(crate) policy: Arc<Policy>,
     pub(crate) stop_notify: Notify,
+    /// Slots for requests in progress, when `maximum_simultaneous_requests` is set.
+    pub(crate) request_slots: Option<Arc<Semaphore>>,
+    connection_events: bool,
     handler: Arc<H>,
     dispatcher: Arc<Dispatcher<Task<H>>>,
     waking: Arc<dyn Waking>,
@@ -206,6 +283,8 @@ impl<H: Handler> Engine<H> {
             stopping: Default::default(),
         });
         let waking: Arc<dyn Waking> = Arc::new(DispatchWaking::<H>(Arc::clone(&dispatcher)));
+        let request_slots = (config.maximum_simultaneous_requests > 0)
+            .then(|| Arc::new(Semaphore::new(config.maximum_simultaneous_requests)));
         let shared = Arc::new(Shared {
             config,
             date: DateCache::default(),
@@ -213,6 +292,8 @@ impl<H: Handler> Engine<H> {
             stats: Counters::default(),
             policy,
             stop_notify: Notify::new(),
+            request_slots,
+            connection_events: handler.wants_connection_events(),
             handler: Arc::new(handler),
             dispatcher,
             waking,
@@ -386,6 +467,15 @@ async fn accept_loop<H: Handler>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                if let PeerAddr::Tcp(addr) = &peer {
+                    let origins = &shared.config.origins;
+                    if !origins.is_empty() && !origins.iter().any(|n| n.contains(addr.ip())) {
+                        // Not from an allowed network: close at once, nothing read.
+                        drop(stream);
+                        drop(permit);
+                        continue;
+                    }
+                }
                 let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
                 let info = Arc::new(ConnInfo {
                     id,
@@ -395,7 +485,11 @@ async fn accept_loop<H: Handler>(
                 });
                 let shared2 = Arc::clone(&shared);
                 shared.stats.open.fetch_add(1, Ordering::Relaxed);
+                if shared.connection_events {
+                    shared.submit(WorkItem::Connection(Arc::clone(&info), true));
+                }
                 tokio::spawn(async move {
+                    let info2 = Arc::clone(&info);
                     match stream {
                         Accepted::Tcp(s) => {
                             let _ = s.set_nodelay(true);
@@ -404,6 +498,9 @@ async fn accept_loop<H: Handler>(
                         Accepted::Unix(s) => connection::serve(Arc::clone(&shared2), s, info).await,
                     }
                     shared2.stats.open.fetch_sub(1, Ordering::Relaxed);
+                    if shared2.connection_events {
+                        shared2.submit(WorkItem::Connection(info2, false));
+                    }
                     drop(permit);
                 });
             }

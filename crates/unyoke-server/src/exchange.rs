@@ -109,10 +109,31 @@ pub(crate) struct Inner {
     pub(crate) aborted: bool,
     /// The application has more to produce once the output drains.
     pub(crate) want_more: bool,
+    // Parking (coroutine operations): the handler stops producing until `unpark` or
+    // the deadline; then the connection asks for `Handler::resume`.
+    pub(crate) parked: bool,
+    pub(crate) park_deadline: Option<Instant>,
+    pub(crate) unparked: bool,
+    pub(crate) park_timed_out: bool,
+    /// Watch the connection for the client leaving while the response is pending.
+    pub(crate) watch_client: bool,
+    /// Body bytes written to the socket so far.
+    pub(crate) written: u64,
+    /// Ask for `Handler::written` once `written` reaches this.
+    pub(crate) written_target: Option<u64>,
     // Connection state.
     pub(crate) gone: bool,
     task_waker: Option<Waker>,
     signaled: bool,
+}
+
+/// How a park ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkOutcome {
+    /// `unpark` was called.
+    Unparked,
+    /// The deadline passed first.
+    TimedOut,
 }
 
 /// The state one request shares between its connection and its application call.
@@ -317,6 +338,63 @@ impl<S> Exchange<S> {
         let mut inner = self.inner.lock();
         inner.aborted = true;
         inner.finished = true;
+        self.signal(&mut inner);
+    }
+
+    /// Stops the response until [`Exchange::unpark`] is called (from any thread) or
+    /// `deadline` passes; then the connection calls `Handler::resume`.
+    pub fn park(&self, deadline: Option<Instant>) {
+        let mut inner = self.inner.lock();
+        inner.parked = true;
+        inner.park_deadline = deadline;
+        inner.park_timed_out = false;
+        // An unpark may already have come (e.g. a future that was done at once).
+        self.signal(&mut inner);
+    }
+
+    /// The response may take long (e.g. it is deferred): watch for the client leaving,
+    /// so that `is_gone` tells and `Handler::close` comes when it does.
+    pub fn watch_client(&self) {
+        let mut inner = self.inner.lock();
+        inner.watch_client = true;
+        self.signal(&mut inner);
+    }
+
+    /// Ends a park; the handler is resumed soon. Safe from any thread; extra calls are
+    /// ignored.
+    pub fn unpark(&self) {
+        let mut inner = self.inner.lock();
+        if inner.parked || !inner.unparked {
+            inner.unparked = true;
+            self.signal(&mut inner);
+        }
+    }
+
+    /// How the last park ended, clearing it (None if no park ended).
+    pub fn take_park_outcome(&self) -> Option<ParkOutcome> {
+        let mut inner = self.inner.lock();
+        if inner.park_timed_out {
+            inner.park_timed_out = false;
+            inner.unparked = false;
+            Some(ParkOutcome::TimedOut)
+        } else if inner.unparked {
+            inner.unparked = false;
+            Some(ParkOutcome::Unparked)
+        } else {
+            None
+        }
+    }
+
+    /// Body bytes written to the socket so far.
+    pub fn written(&self) -> u64 {
+        self.inner.lock().written
+    }
+
+    /// Asks for `Handler::written` once `target` body bytes are on the wire (queued
+    /// bytes count from the start of the body).
+    pub fn notify_when_written(&self, target: u64) {
+        let mut inner = self.inner.lock();
+        inner.written_target = Some(inner.written_target.map_or(target, |t| t.min(target)));
         self.signal(&mut inner);
     }
 

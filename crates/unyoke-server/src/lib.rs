@@ -16,8 +16,10 @@ pub use access_log::LogFormat;
 pub use clock::DateCache;
 pub use connection::{ConnInfo, PeerAddr};
 pub use dispatch::{Dispatcher, Gate, Job};
-pub use engine::{Config, Engine, Stats};
-pub use exchange::{BodyError, BodyRead, Exchange, OutChunk, ResponseStart, OUTPUT_HIGH_WATER};
+pub use engine::{Config, Engine, Network, Stats};
+pub use exchange::{
+    BodyError, BodyRead, Exchange, OutChunk, ParkOutcome, ResponseStart, OUTPUT_HIGH_WATER,
+};
 pub use listener::{Listener, ListenerKind};
 
 use std::sync::Arc;
@@ -34,4 +36,16 @@ pub trait Handler: Send + Sync + 'static {
     /// The exchange is over (response written, or client gone, or server stopping):
     /// release what the request holds (for WSGI: call the iterable's `close()`).
     fn close(&self, exchange: &Arc<Exchange<Self::State>>);
+    /// The body bytes asked for with [`Exchange::notify_when_written`] are on the wire.
+    fn written(&self, exchange: &Arc<Exchange<Self::State>>) {
+        let _ = exchange;
+    }
+    /// Whether [`Handler::connection_event`] wants to be called (checked once).
+    fn wants_connection_events(&self) -> bool {
+        false
+    }
+    /// A connection opened (`open` true) or closed.
+    fn connection_event(&self, info: &Arc<ConnInfo>, open: bool) {
+        let _ = (info, open);
+    }
 }
