@@ -280,6 +280,9 @@ impl EnvironBuilder {
                 env.set_item(&self.k_remote_port, "")?;
             }
         }
+        if conn.tls {
+            env.set_item("wsgi.url_scheme", "https")?;
+        }
         for (name, value) in head.headers() {
             let Some(key) = self.header_key(py, name) else {
                 continue;

@@ -88,6 +88,28 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
             Network::parse(o).map_err(|e| PyValueError::new_err(format!("setting origins: {e}")))
         })
         .collect::<PyResult<_>>()?;
+    let certfile: Option<String> = get(d, "certfile", None)?;
+    let keyfile: Option<String> = get(d, "keyfile", None)?;
+    let ca_certs: Option<String> = get(d, "ca_certs", None)?;
+    match (certfile, keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let files = unyoke_server::TlsFiles {
+                certfile: certfile.into(),
+                keyfile: keyfile.into(),
+                ca_certs: ca_certs.map(Into::into),
+            };
+            c.tls = Some(
+                unyoke_server::tls_server_config(&files)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            );
+        }
+        (None, None) => {}
+        _ => {
+            return Err(PyValueError::new_err(
+                "settings certfile and keyfile go together",
+            ))
+        }
+    }
     let max_http_version: String = get(d, "max_http_version", "HTTP/1.1".to_string())?;
     let pretend_http10 = match max_http_version.as_str() {
         "HTTP/1.1" => false,

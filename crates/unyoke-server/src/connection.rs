@@ -40,6 +40,8 @@ pub struct ConnInfo {
     pub peer: PeerAddr,
     /// The local end.
     pub local: PeerAddr,
+    /// The connection is TLS.
+    pub tls: bool,
     pub(crate) policy: Arc<Policy>,
 }
 
@@ -71,6 +73,8 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Transport for tokio::net::UnixStream {}
+
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 
 impl Transport for tokio::net::TcpStream {
     fn send_file<'a>(

@@ -51,6 +51,9 @@ pub struct Config {
     /// Most requests in progress at once (0: no limit); further requests wait for a slot
     /// for up to `inactivity_timeout`, then get 503.
     pub maximum_simultaneous_requests: usize,
+    /// TLS for TCP listeners (see [`crate::tls_server_config`]); the handshake must finish
+    /// within `header_timeout`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// An IP network, e.g. `10.0.0.0/8` (an IPv4 network also matches IPv4-mapped IPv6).
@@ -130,6 +133,7 @@ impl Default for Config {
             responseless_timeout: None,
             origins: Vec::new(),
             maximum_simultaneous_requests: 0,
+            tls: None,
         }
     }
 }
@@ -477,9 +481,16 @@ async fn accept_loop<H: Handler>(
                     }
                 }
                 let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+                let tls = match (&stream, &shared.config.tls) {
+                    (Accepted::Tcp(_), Some(cfg)) => {
+                        Some(tokio_rustls::TlsAcceptor::from(Arc::clone(cfg)))
+                    }
+                    _ => None,
+                };
                 let info = Arc::new(ConnInfo {
                     id,
                     peer,
+                    tls: tls.is_some(),
                     local: local.clone(),
                     policy: Arc::clone(&shared.policy),
                 });
@@ -493,7 +504,19 @@ async fn accept_loop<H: Handler>(
                     match stream {
                         Accepted::Tcp(s) => {
                             let _ = s.set_nodelay(true);
-                            connection::serve(Arc::clone(&shared2), s, info).await
+                            match tls {
+                                None => connection::serve(Arc::clone(&shared2), s, info).await,
+                                Some(acceptor) => {
+                                    let deadline =
+                                        tokio::time::Instant::now() + shared2.config.header_timeout;
+                                    // A failed or slow handshake costs only its own connection.
+                                    if let Ok(Ok(s)) =
+                                        tokio::time::timeout_at(deadline, acceptor.accept(s)).await
+                                    {
+                                        connection::serve(Arc::clone(&shared2), s, info).await
+                                    }
+                                }
+                            }
                         }
                         Accepted::Unix(s) => connection::serve(Arc::clone(&shared2), s, info).await,
                     }

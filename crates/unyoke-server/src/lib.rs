@@ -11,6 +11,7 @@ mod dispatch;
 mod engine;
 mod exchange;
 mod listener;
+mod tls;
 
 pub use access_log::LogFormat;
 pub use clock::DateCache;
@@ -21,6 +22,7 @@ pub use exchange::{
     BodyError, BodyRead, Exchange, OutChunk, ParkOutcome, ResponseStart, OUTPUT_HIGH_WATER,
 };
 pub use listener::{Listener, ListenerKind};
+pub use tls::{server_config as tls_server_config, TlsError, TlsFiles};
 
 use std::sync::Arc;
 
