@@ -17,6 +17,7 @@ mod chunked;
 mod date;
 mod error;
 mod head;
+mod proxy;
 mod request;
 mod response;
 mod syntax;
@@ -26,6 +27,7 @@ pub use chunked::{
 };
 pub use date::http_date;
 pub use error::RequestError;
+pub use proxy::{parse_proxy_header, ProxyError, ProxyInfo};
 pub use request::{
     BodyKind, Event, Limits, RequestDecoder, RequestHead, Version, MAX_EMPTY_LINES_BEFORE_REQUEST,
 };

@@ -37,6 +37,8 @@ pub struct EnvironBuilder {
     methods: Vec<(&'static [u8], Py<PyString>)>,
     header_keys: Mutex<HashMap<Vec<u8>, Py<PyString>>>,
     server_name: Option<Py<PyString>>,
+    /// Peers whose Forwarded / X-Forwarded-* headers are believed.
+    forwarded_allow: Vec<unyoke_server::Network>,
     /// SERVER_NAME and SERVER_PORT per local address.
     local_cache: Mutex<Vec<LocalNames>>,
 }
@@ -164,6 +166,7 @@ impl EnvironBuilder {
             header_keys: Mutex::new(HashMap::new()),
             server_name: settings.server_name.as_deref().map(|s| intern(py, s)),
             local_cache: Mutex::new(Vec::new()),
+            forwarded_allow: settings.forwarded_allow_ips.clone(),
         })
     }
 
@@ -283,6 +286,19 @@ impl EnvironBuilder {
         if conn.tls {
             env.set_item("wsgi.url_scheme", "https")?;
         }
+        if !self.forwarded_allow.is_empty() {
+            if let PeerAddr::Tcp(peer) = &conn.peer {
+                if self.forwarded_allow.iter().any(|n| n.contains(peer.ip())) {
+                    let (client, proto) = forwarded(head, &self.forwarded_allow);
+                    if let Some(client) = client {
+                        env.set_item(&self.k_remote_addr, client)?;
+                    }
+                    if let Some(proto) = proto {
+                        env.set_item("wsgi.url_scheme", proto)?;
+                    }
+                }
+            }
+        }
         for (name, value) in head.headers() {
             let Some(key) = self.header_key(py, name) else {
                 continue;
@@ -309,4 +325,82 @@ impl EnvironBuilder {
         }
         Ok(env)
     }
+}
+
+/// The client address and scheme a trusted proxy reports: RFC 7239 `Forwarded` if
+/// present, else `X-Forwarded-For` / `X-Forwarded-Proto`. The client is the rightmost
+/// address that is not itself a trusted proxy (addresses further left were written by
+/// the client and prove nothing).
+fn forwarded(
+    head: &RequestHead,
+    trusted: &[unyoke_server::Network],
+) -> (Option<String>, Option<String>) {
+    let all = |name: &[u8]| -> Vec<String> {
+        head.headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| {
+                String::from_utf8_lossy(v)
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let pick = |hops: &[(Option<String>, Option<String>)]| -> (Option<String>, Option<String>) {
+        for (addr, proto) in hops.iter().rev() {
+            let Some(a) = addr else { continue };
+            let ip = a.parse::<std::net::IpAddr>().ok();
+            if ip.is_some_and(|ip| trusted.iter().any(|n| n.contains(ip))) {
+                continue;
+            }
+            return (Some(a.clone()), proto.clone());
+        }
+        hops.first()
+            .map(|(a, p)| (a.clone(), p.clone()))
+            .unwrap_or((None, None))
+    };
+    let forwarded = all(b"forwarded");
+    if !forwarded.is_empty() {
+        let hops: Vec<(Option<String>, Option<String>)> = forwarded
+            .iter()
+            .map(|element| {
+                let mut addr = None;
+                let mut proto = None;
+                for pair in element.split(';') {
+                    let Some((k, v)) = pair.split_once('=') else {
+                        continue;
+                    };
+                    let v = v.trim().trim_matches('"');
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "for" => {
+                            // for=192.0.2.60, for="[2001:db8::1]:4711", for=unknown
+                            let v = v
+                                .strip_prefix('[')
+                                .map_or(v, |r| r.split(']').next().unwrap_or(r));
+                            let v = if v.matches(':').count() == 1 {
+                                v.split(':').next().unwrap_or(v)
+                            } else {
+                                v
+                            };
+                            addr = Some(v.to_string());
+                        }
+                        "proto" => proto = Some(v.to_ascii_lowercase()),
+                        _ => {}
+                    }
+                }
+                (addr, proto.filter(|p| p == "http" || p == "https"))
+            })
+            .collect();
+        return pick(&hops);
+    }
+    let xff = all(b"x-forwarded-for");
+    let proto = all(b"x-forwarded-proto")
+        .first()
+        .map(|p| p.to_ascii_lowercase())
+        .filter(|p| p == "http" || p == "https");
+    let hops: Vec<(Option<String>, Option<String>)> =
+        xff.into_iter().map(|a| (Some(a), None)).collect();
+    let (client, _) = pick(&hops);
+    (client, proto)
 }

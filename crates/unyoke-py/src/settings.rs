@@ -20,6 +20,8 @@ pub struct WsgiSettings {
     pub pretend_http10: bool,
     pub multiprocess: bool,
     pub minimum_chunk_size: usize,
+    /// Peers whose Forwarded / X-Forwarded-* headers are trusted.
+    pub forwarded_allow_ips: Vec<Network>,
 }
 
 fn get<'py, T: FromPyObject<'py>>(d: &Bound<'py, PyDict>, key: &str, default: T) -> PyResult<T> {
@@ -129,8 +131,19 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
         pretend_http10,
         multiprocess: workers > 1,
         minimum_chunk_size: get(d, "minimum_chunk_size", 0usize)?,
+        forwarded_allow_ips: networks(d, "forwarded_allow_ips")?,
     };
     Ok((c, w))
+}
+
+/// A list of networks (CIDR strings) setting.
+fn networks(d: &Bound<'_, PyDict>, key: &str) -> PyResult<Vec<Network>> {
+    let list: Vec<String> = get(d, key, Vec::new())?;
+    list.iter()
+        .map(|o| {
+            Network::parse(o).map_err(|e| PyValueError::new_err(format!("setting {key}: {e}")))
+        })
+        .collect()
 }
 
 /// Mounted applications and connection hooks.

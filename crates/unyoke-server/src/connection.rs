@@ -32,7 +32,7 @@ pub enum PeerAddr {
 }
 
 /// What the application may know about the connection a request came on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// A number unique within the engine.
     pub id: u64,
@@ -165,11 +165,32 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
     io: T,
     info: Arc<ConnInfo>,
 ) {
+    let mut io = io;
+    let mut buf = BytesMut::new();
+    let info = if shared.config.proxy_protocol {
+        // The proxy speaks first; without a valid header the connection is closed
+        // without a response (it is not from the proxy).
+        match read_proxy_header(&shared, &mut io, &mut buf).await {
+            Some(unyoke_http::ProxyInfo::Forwarded {
+                source,
+                destination,
+            }) => {
+                let mut i = (*info).clone();
+                i.peer = PeerAddr::Tcp(source);
+                i.local = PeerAddr::Tcp(destination);
+                Arc::new(i)
+            }
+            Some(unyoke_http::ProxyInfo::Local) => info,
+            None => return,
+        }
+    } else {
+        info
+    };
     let mut conn = Conn {
         decoder: RequestDecoder::new(shared.config.limits),
         shared: &shared,
         io,
-        buf: BytesMut::new(),
+        buf,
         info,
         wbuf: Vec::new(),
     };
@@ -186,6 +207,30 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
         }
     }
     let _ = conn.io.shutdown().await;
+}
+
+/// Reads and strips a PROXY protocol header (v1 or v2) within the header timeout.
+async fn read_proxy_header<H: Handler, T: Transport>(
+    shared: &Shared<H>,
+    io: &mut T,
+    buf: &mut BytesMut,
+) -> Option<unyoke_http::ProxyInfo> {
+    let deadline = Instant::now() + shared.config.header_timeout;
+    loop {
+        match unyoke_http::parse_proxy_header(buf) {
+            Ok(Some((info, n))) => {
+                let _ = buf.split_to(n);
+                return Some(info);
+            }
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        buf.reserve(512);
+        match timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => shared.stats.bytes_in(n),
+            _ => return None,
+        }
+    }
 }
 
 impl<H: Handler, T: Transport> Conn<'_, H, T> {

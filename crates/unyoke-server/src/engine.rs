@@ -54,6 +54,9 @@ pub struct Config {
     /// TLS for TCP listeners (see [`crate::tls_server_config`]); the handshake must finish
     /// within `header_timeout`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Expect a PROXY protocol header (v1 or v2) first on every TCP connection; the
+    /// client address it carries replaces the peer's. Connections without one are closed.
+    pub proxy_protocol: bool,
 }
 
 /// An IP network, e.g. `10.0.0.0/8` (an IPv4 network also matches IPv4-mapped IPv6).
@@ -134,6 +137,7 @@ impl Default for Config {
             origins: Vec::new(),
             maximum_simultaneous_requests: 0,
             tls: None,
+            proxy_protocol: false,
         }
     }
 }
