@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
-import signal
 import socket
 import threading
 import weakref
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Type
 
 from . import config, logs
 from .errors import ConfigError, StartupError
 from .listeners import Listener, close_listeners, listener_from_socket, open_listeners
+from .signals import ShutdownOnSignal
 
 if TYPE_CHECKING:
     from ._unyoke import Engine
@@ -69,45 +70,20 @@ def _announce(listeners: List[Listener], values: Dict[str, Any]) -> None:
     log.info("unyoke listening on %s (threads=%d)", where, values["threads"])
 
 
-def _run_in_foreground(engine: Engine, grace: float) -> None:
-    """``engine.run()``, with SIGINT and SIGTERM shutting it down when on the main thread.
-
-    The first signal stops accepting and gives requests in flight ``grace`` seconds; a
-    second one ends them at once.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        engine.run()
-        return
-    received: List[int] = []
-
-    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
-        received.append(signum)
-        name = signal.Signals(signum).name
-        if len(received) == 1:
-            log.info(
-                "%s received: shutting down, %gs for requests in flight (again to stop now)",
-                name,
-                grace,
-            )
-            engine.shutdown(grace)
-        else:
-            log.info("%s received again: stopping now", name)
-            engine.shutdown(0.0)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        engine.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def serve_listeners(app: WSGIApp, listeners: List[Listener], values: Dict[str, Any]) -> None:
-    """Run the engine over ``listeners`` in the foreground (as :func:`serve` does)."""
+    """Run the engine over ``listeners`` in the foreground (as :func:`serve` does).
+
+    On the main thread, SIGINT and SIGTERM shut it down gracefully (see signals.py); they
+    are handled from before the engine is made, so none is lost while it starts.
+    """
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    signals = ShutdownOnSignal(values["graceful_timeout"])
     try:
-        engine = _start_engine(app, listeners, values)
-        _announce(listeners, values)
-        _run_in_foreground(engine, values["graceful_timeout"])
+        with signals if on_main_thread else contextlib.nullcontext(signals):
+            engine = _start_engine(app, listeners, values)
+            signals.attach(engine.shutdown)
+            _announce(listeners, values)
+            engine.run()
     finally:
         close_listeners(listeners)
     log.info("unyoke stopped")

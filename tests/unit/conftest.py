@@ -31,3 +31,4 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeEngine]]:
     yield FakeEngine
     for sig, handler in handlers.items():
         assert signal.getsignal(sig) == handler, "signal handlers were not restored"
+    assert signal.set_wakeup_fd(-1) == -1, "the signal wake-up fd was not restored"

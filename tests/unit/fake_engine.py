@@ -31,6 +31,7 @@ class FakeEngine:
         self.fds = [os.dup(fd) for fd, _, _ in listeners]
         self.settings = settings
         self.graces: List[float] = []
+        self.shutdown_threads: List[str] = []
         self.stopped = threading.Event()
         self.ran = False
         FakeEngine.instances.append(self)
@@ -50,6 +51,7 @@ class FakeEngine:
 
     def shutdown(self, grace: float = 30.0) -> None:
         self.graces.append(grace)
+        self.shutdown_threads.append(threading.current_thread().name)
         if len(self.graces) >= FakeEngine.stop_after:
             self.stopped.set()
 

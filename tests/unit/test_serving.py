@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -14,6 +15,7 @@ import pytest
 import unyoke
 from unyoke import ConfigError, StartupError, UnknownSettingError
 from unyoke.listeners import UNIX_SOCKET_MODE
+from unyoke.signals import ShutdownOnSignal
 
 from .fake_engine import FakeEngine, send_signal_soon, stop_at_once
 
@@ -221,6 +223,46 @@ def test_serve_until_sigint(fake_engine: type[FakeEngine]) -> None:
     (engine,) = fake_engine.instances
     assert engine.graces == [3.0]
     assert engine.settings["host"] == "127.0.0.1"
+
+
+def test_signal_acts_without_waiting_for_python_handlers(
+    fake_engine: type[FakeEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine runs Python signal handlers only every 50 ms; the wake-up fd watcher
+    # calls shutdown() from its own thread as the signal arrives. Here it is the only path.
+    monkeypatch.setattr(ShutdownOnSignal, "_on_signal", lambda self, signum, frame: None)
+    fake_engine.on_run = send_signal_soon(signal.SIGTERM)
+    unyoke.serve(app, port=0)
+    assert fake_engine.instances[0].shutdown_threads == ["unyoke signals"]
+
+
+def test_signal_acts_through_the_handler_alone(
+    fake_engine: type[FakeEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Should the watcher thread never get the GIL, the Python handler still does the job.
+    monkeypatch.setattr(ShutdownOnSignal, "_saw_by_watcher", lambda self, signum: None)
+    fake_engine.on_run = send_signal_soon(signal.SIGINT)
+    unyoke.serve(app, port=0)
+    assert fake_engine.instances[0].shutdown_threads == ["MainThread"]
+
+
+def test_each_signal_acts_once(fake_engine: type[FakeEngine]) -> None:
+    fake_engine.on_run = send_signal_soon(signal.SIGTERM)
+    unyoke.serve(app, port=0)
+    time.sleep(0.1)  # both paths have seen the signal by now
+    assert fake_engine.instances[0].graces == [30.0]
+
+
+def test_signal_before_the_engine_exists() -> None:
+    calls: list[float] = []
+    signals = ShutdownOnSignal(grace=4.0)
+    with signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert calls == []
+        signals.attach(calls.append)
+        assert calls == [4.0]
+    assert signals.received == 1
 
 
 def test_second_signal_stops_at_once(fake_engine: type[FakeEngine]) -> None:
