@@ -325,3 +325,31 @@ def test_server_refuses_what_does_not_apply(fake_engine: type[FakeEngine]) -> No
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         with pytest.raises(StartupError, match="not a TCP or unix stream socket"):
             unyoke.server(udp, app)
+
+
+# Start-up errors name the address and the fix -------------------------------------------------
+
+
+def test_address_not_on_this_machine(fake_engine: type[FakeEngine]) -> None:
+    with pytest.raises(StartupError) as caught:
+        unyoke.Server(app, bind="192.0.2.1:8000").start()  # TEST-NET-1: never local
+    assert str(caught.value) == (
+        "cannot listen on 192.0.2.1:8000: address not available: no network interface of "
+        "this machine has it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "port", "reason"),
+    [
+        (errno.EACCES, 80, "permission denied (ports below 1024 need root or CAP_NET_BIND"),
+        (errno.EACCES, 8080, "permission denied"),
+        (errno.EADDRINUSE, 8080, "address already in use"),
+        (errno.EMFILE, 8080, "Too many open files"),
+    ],
+)
+def test_bind_error_messages(code: int, port: int, reason: str) -> None:
+    from unyoke.listeners import _describe
+
+    message = _describe(OSError(code, os.strerror(code)), f"0.0.0.0:{port}", port)
+    assert message.startswith(f"cannot listen on 0.0.0.0:{port}: {reason}")
