@@ -32,7 +32,17 @@ from wsgiref.validate import validator
 from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 
-from tests.apps.common import Environ, StartResponse, query, record, state_dir, text_response
+from tests.apps.common import (
+    Environ,
+    StartResponse,
+    environ_summary,
+    json_response,
+    query,
+    record,
+    record_call,
+    state_dir,
+    text_response,
+)
 
 Handler = Callable[[Environ, StartResponse], Any]
 ROUTES: Dict[str, Handler] = {}
@@ -570,6 +580,36 @@ def continue_noread(environ: Environ, start_response: StartResponse) -> List[byt
 
 
 # -- settings ------------------------------------------------------------------------------------
+
+
+@route("settings/echo")
+def settings_echo(environ: Environ, start_response: StartResponse) -> List[bytes]:
+    """The environ (JSON-safe) and the body; records the call in calls.log."""
+    record_call(environ)
+    body = environ["wsgi.input"].read()
+    return json_response(
+        start_response, {"environ": environ_summary(environ), "body": body.decode("latin-1")}
+    )
+
+
+@route("settings/raise")
+def settings_raise(environ: Environ, start_response: StartResponse) -> List[bytes]:
+    raise RuntimeError(query(environ).get("marker", "settings-raise-marker"))
+
+
+@route("settings/stream")
+def settings_stream(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+    """`count` chunks of 64 KiB without Content-Length; records `<id> closed` in
+    close.log when the server closes the generator (done, or given up)."""
+    q = query(environ)
+    ident, count = q.get("id", ""), int(q.get("count", "16"))
+    chunk = b"s" * 65536
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    try:
+        for _ in range(count):
+            yield chunk
+    finally:
+        record("close", f"{ident} closed")
 
 
 @route("settings/bytes")
