@@ -92,6 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.path.insert(0, cwd)
     try:
         app = importer.import_app(arguments.app, factory=values["factory"])
+        values["mounts"] = importer.resolve_mounts(values["mounts"])
     except StartupError as error:
         return _fail(str(error))
     except KeyboardInterrupt:

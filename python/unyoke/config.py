@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import math
 import os
 import sys
@@ -21,7 +22,7 @@ from .addresses import BIND_FORMS, parse_bind
 from .errors import ConfigError, UnknownSettingError
 
 #: The kinds of value a setting can hold; each has a Python check and a command-line form.
-KINDS = ("int", "float", "bool", "str", "choice", "path", "list", "mapping")
+KINDS = ("int", "float", "bool", "str", "choice", "path", "list", "networks", "mapping", "callable")
 
 #: The largest integer a size or count setting accepts (the engine stores them as 64-bit).
 MAX_INT = 2**62
@@ -65,6 +66,8 @@ class Setting:
     none_means: str = ""
     #: ``False`` for command-line-only settings (``factory``).
     python: bool = True
+    #: ``False`` for Python-only settings (callables such as ``on_connect``).
+    cli: bool = True
     #: Non-empty while a value other than the default is not implemented yet: the reason.
     not_yet: str = ""
     #: Extra check of a value already of the right kind; raises ``ValueError(problem)``.
@@ -99,7 +102,7 @@ class Setting:
             return self.none_means or "none"
         if self.kind == "bool":
             return "on" if self.default else "off"
-        if self.kind in ("list", "mapping") and not self.default:
+        if self.kind in ("list", "networks", "mapping") and not self.default:
             return "none"
         if self.kind == "int" and self.unit == "bytes" and self.default >= 1024:
             return f"{self.default} ({human_size(self.default)})"
@@ -172,6 +175,16 @@ def _check_bind(value: Sequence[str]) -> None:
         parse_bind(spec)
 
 
+def _check_networks(value: Sequence[str]) -> None:
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{network!r} is not an IP network (like 10.0.0.0/8, 192.168.1.7 or ::1/128)"
+            ) from None
+
+
 _NETWORK = "Listening"
 _PROCESS = "Workers and threads"
 _LIMITS = "Request limits"
@@ -180,6 +193,7 @@ _HTTP = "HTTP"
 _APP = "Application"
 _LOGGING = "Logging"
 _TLS = "TLS"
+_PROXY = "Proxies and networks"
 
 #: Every setting, in the order of ``--help`` and of the docs.
 SETTINGS: Tuple[Setting, ...] = (
@@ -268,8 +282,8 @@ SETTINGS: Tuple[Setting, ...] = (
         unit="requests",
         minimum=0,
         maximum=MAX_INT,
-        help="Most requests in progress at once across all connections (0 = unlimited); "
-        "further requests are not read until one finishes.",
+        help="Most requests in progress at once across all connections (0 = unlimited); a "
+        "further request waits for one to finish, up to inactivity_timeout, then gets 503.",
     ),
     # Request limits
     Setting(
@@ -314,8 +328,8 @@ SETTINGS: Tuple[Setting, ...] = (
         unit="bytes",
         minimum=0,
         maximum=MAX_INT,
-        help="Request bodies larger than this are spooled to a temporary file instead of "
-        "being held in memory.",
+        help="Request body bytes read ahead of the application; beyond them the body is "
+        "read only as the application reads it, so a request holds at most this much memory.",
     ),
     # Timeouts
     Setting(
@@ -360,7 +374,7 @@ SETTINGS: Tuple[Setting, ...] = (
         minimum=0.0,
         maximum=MAX_SECONDS,
         help="Time a request may wait for its response to start (0 = no limit); then it is "
-        "answered with a 5xx error and logged. Meant for deferred responses.",
+        "answered with 503 and logged. Meant for deferred responses.",
     ),
     Setting(
         "graceful_timeout",
@@ -462,9 +476,28 @@ SETTINGS: Tuple[Setting, ...] = (
         {},
         metavar="PREFIX=MODULE:APP",
         check=_check_mounts,
-        not_yet="serving several applications by path prefix is not implemented yet",
         help="Serve another application under a path prefix, repeatable "
-        "(--mount /api=pkg.api:app).",
+        "(--mount /api=pkg.api:app). A request goes to the application of the longest "
+        "prefix it starts with at a '/' boundary, with SCRIPT_NAME the prefix and PATH_INFO "
+        "the rest; other requests go to the main application. In Python the values may be "
+        "applications or 'module:app' strings.",
+    ),
+    Setting(
+        "on_connect",
+        _APP,
+        "callable",
+        None,
+        cli=False,
+        help="Called with a dict (id, peer, local) when a client connection opens; peer and "
+        "local are (host, port) tuples, or a path for a unix socket.",
+    ),
+    Setting(
+        "on_disconnect",
+        _APP,
+        "callable",
+        None,
+        cli=False,
+        help="Called with the same dict as on_connect when the connection closes.",
     ),
     Setting(
         "factory",
@@ -519,7 +552,6 @@ SETTINGS: Tuple[Setting, ...] = (
         None,
         metavar="FILE",
         none_means="no TLS",
-        not_yet="TLS is not implemented yet",
         help="PEM file with the server's certificate chain; needs keyfile.",
     ),
     Setting(
@@ -529,8 +561,40 @@ SETTINGS: Tuple[Setting, ...] = (
         None,
         metavar="FILE",
         none_means="no TLS",
-        not_yet="TLS is not implemented yet",
         help="PEM file with the private key of certfile; needs certfile.",
+    ),
+    Setting(
+        "ca_certs",
+        _TLS,
+        "path",
+        None,
+        metavar="FILE",
+        none_means="no client certificates",
+        help="PEM file of the certificate authorities of client certificates; with it, "
+        "every TLS client must present a certificate they signed. Needs certfile.",
+    ),
+    # Proxies and networks
+    Setting(
+        "origins",
+        _PROXY,
+        "networks",
+        (),
+        metavar="NETWORKS",
+        check=_check_networks,
+        help="Networks allowed to connect over TCP, comma-separated CIDRs "
+        "(10.0.0.0/8,127.0.0.1); a connection from elsewhere is closed at once, nothing "
+        "read. Empty: everyone.",
+    ),
+    Setting(
+        "forwarded_allow_ips",
+        _PROXY,
+        "networks",
+        (),
+        metavar="NETWORKS",
+        check=_check_networks,
+        help="Proxies whose Forwarded, X-Forwarded-For and X-Forwarded-Proto headers are "
+        "believed, comma-separated CIDRs: from them, REMOTE_ADDR and wsgi.url_scheme come "
+        "from those headers. Empty: nobody's.",
     ),
 )
 
@@ -621,6 +685,15 @@ def _coerce(setting: Setting, value: Any) -> Any:
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
             raise ValueError(f"expected a list of strings, got {value!r}")
         result = list(items)
+    elif kind == "networks":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"expected networks as a list of strings, got {value!r}")
+        result = [item.strip() for item in items if item.strip()]
+    elif kind == "callable":
+        if not callable(value):
+            raise ValueError(f"expected a callable, got {value!r}")
+        result = value
     elif kind == "mapping":
         if not isinstance(value, Mapping):
             raise ValueError(f"expected a mapping, got {value!r} ({_type_name(value)})")
@@ -670,7 +743,9 @@ def validate(settings: Mapping[str, Any], *, python: bool = True) -> Dict[str, A
             ("certfile", "keyfile") if result["keyfile"] is None else ("keyfile", "certfile")
         )
         raise ConfigError(given, f"needs {missing} too: give both or neither")
-    for name in ("certfile", "keyfile"):
+    if result["ca_certs"] is not None and result["certfile"] is None:
+        raise ConfigError("ca_certs", "needs certfile and keyfile: client certificates need TLS")
+    for name in ("certfile", "keyfile", "ca_certs"):
         if result[name] is not None and not os.path.isfile(result[name]):
             raise ConfigError(name, f"no such file: {result[name]!r}")
     return result
@@ -732,6 +807,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     groups: Dict[str, Any] = {}
     for setting in SETTINGS:
+        if not setting.cli:
+            continue
         group = groups.get(setting.section)
         if group is None:
             group = groups[setting.section] = parser.add_argument_group(setting.section)
@@ -744,7 +821,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
-        elif setting.kind in ("list", "mapping"):
+        elif setting.kind in ("list", "networks", "mapping"):
             group.add_argument(
                 _flag_of(setting),
                 dest=setting.name,
@@ -783,6 +860,8 @@ def settings_from_arguments(namespace: argparse.Namespace) -> Dict[str, Any]:
         value = getattr(namespace, setting.name)
         if setting.kind == "mapping":
             value = _parse_pairs(setting, value)
+        elif setting.kind == "networks":
+            value = ",".join(value)  # --origins A,B --origins C: all of them
         given[setting.name] = value
     return given
 
@@ -807,7 +886,8 @@ def markdown() -> str:
         "`--max-request-body-size`). A boolean has both spellings (`--keepalive` /",
         "`--no-keepalive`); durations are seconds (fractions allowed) and sizes are bytes;",
         "`bind`, `environ` and `mounts` are repeated flags (`--bind`, `--environ KEY=VALUE`,",
-        "`--mount PREFIX=MODULE:APP`).",
+        "`--mount PREFIX=MODULE:APP`); a list of networks is comma-separated CIDRs",
+        "(`--origins 10.0.0.0/8,127.0.0.1`).",
         "",
     ]
     sections: List[str] = []
@@ -825,7 +905,9 @@ def markdown() -> str:
             if s.section != section:
                 continue
             name = f"`{s.name}`" if s.python else "(command line only)"
-            if s.kind == "bool":
+            if not s.cli:
+                flag = "(Python only)"
+            elif s.kind == "bool":
                 flag = f"`{s.flag}` / `--no-{s.flag[2:]}`"
             else:
                 flag = f"`{_flag_of(s)} {s.cli_metavar}`"

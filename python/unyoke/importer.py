@@ -6,7 +6,7 @@ import difflib
 import importlib
 import inspect
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Mapping
 
 from .errors import StartupError
 
@@ -93,3 +93,10 @@ def _check_signature(app: Any, what: str, factory_hint: bool = False) -> None:
             f"{what} cannot be called as app(environ, start_response): its signature is "
             f"{signature}{hint}"
         ) from None
+
+
+def resolve_mounts(mounts: Mapping[str, Any]) -> Dict[str, Callable[..., Any]]:
+    """The ``mounts`` setting with every ``'module:app'`` string imported (see import_app)."""
+    return {
+        prefix: import_app(app) if isinstance(app, str) else app for prefix, app in mounts.items()
+    }

@@ -47,10 +47,12 @@ class Listener:
     #: Whether unyoke made the socket (and may close it once the engine holds a duplicate).
     owned: bool = True
 
-    @property
-    def url(self) -> str:
-        """Where a client reaches it: ``http://127.0.0.1:8000`` or ``unix:/run/app.sock``."""
-        return self.display if self.kind == "unix" else f"http://{self.display}"
+    def url(self, tls: bool = False) -> str:
+        """Where a client reaches it: ``http://127.0.0.1:8000`` or ``unix:/run/app.sock``
+        (TLS is for TCP listeners only)."""
+        if self.kind == "unix":
+            return self.display
+        return f"{'https' if tls else 'http'}://{self.display}"
 
     def engine_tuple(self) -> Tuple[int, str, str]:
         """``(fd, kind, display)`` for ``unyoke._unyoke.Engine``."""

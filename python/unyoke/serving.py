@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Type
 
 from . import config, logs
 from .errors import ConfigError, StartupError
+from .importer import resolve_mounts
 from .listeners import Listener, close_listeners, listener_from_socket, open_listeners
 from .signals import ShutdownOnSignal
 
@@ -52,6 +53,7 @@ def _start_engine(app: WSGIApp, listeners: List[Listener], values: Dict[str, Any
     """Make the engine over ``listeners``; the sockets unyoke made are closed (the engine
     holds duplicates), the unix socket files stay until :func:`close_listeners`."""
     settings = dict(values)
+    settings["mounts"] = resolve_mounts(values["mounts"])
     if settings["server_name"] is None:
         settings["server_name"] = listeners[0].server_name
     try:
@@ -66,7 +68,8 @@ def _start_engine(app: WSGIApp, listeners: List[Listener], values: Dict[str, Any
 
 
 def _announce(listeners: List[Listener], values: Dict[str, Any]) -> None:
-    where = ", ".join(listener.url for listener in listeners)
+    tls = values["certfile"] is not None
+    where = ", ".join(listener.url(tls) for listener in listeners)
     log.info("unyoke listening on %s (threads=%d)", where, values["threads"])
 
 
@@ -175,10 +178,11 @@ class Server:
         """``http://HOST:PORT`` of the first TCP listener (``unix:/path`` if there is none)."""
         if not self._listeners:
             raise RuntimeError("the server is not started")
+        tls = self.settings["certfile"] is not None
         for listener in self._listeners:
             if listener.kind == "tcp":
-                return listener.url
-        return self._listeners[0].url
+                return listener.url(tls)
+        return self._listeners[0].url(tls)
 
     @property
     def running(self) -> bool:
@@ -191,6 +195,7 @@ class Server:
             if self._thread is not None:
                 raise RuntimeError("the server is already started")
             logs.configure(self.settings["log_level"], add_handler=False)
+            self.settings["mounts"] = resolve_mounts(self.settings["mounts"])
             listeners = open_listeners(self.settings)
             self._engine = _start_engine(self.app, listeners, self.settings)
             self._listeners = listeners

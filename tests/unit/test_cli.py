@@ -41,6 +41,9 @@ def test_every_setting_has_a_flag() -> None:
     parser = cli.build_parser()
     flags = {flag for action in parser._actions for flag in action.option_strings}
     for setting in config.SETTINGS:
+        if not setting.cli:
+            assert config.flag_for(setting.name) not in flags, setting.name
+            continue
         assert config.flag_for(setting.name) in flags, setting.name
         if setting.kind == "bool":
             assert "--no-" + setting.flag[2:] in flags
@@ -96,6 +99,13 @@ def test_mount_repeated() -> None:
     config.validate(given)
 
 
+def test_networks_comma_separated_and_repeated() -> None:
+    given = parse("--origins", "10.0.0.0/8,127.0.0.1", "--origins", "::1")
+    assert config.validate(given)["origins"] == ["10.0.0.0/8", "127.0.0.1", "::1"]
+    given = parse("--forwarded-allow-ips", "127.0.0.1")
+    assert config.validate(given)["forwarded_allow_ips"] == ["127.0.0.1"]
+
+
 def test_factory_flag() -> None:
     assert parse("--factory") == {"factory": True}
 
@@ -125,7 +135,10 @@ def test_factory_flag() -> None:
         (["--mount", "api=pkg:app"], "--mount: a mount prefix must be a path starting with '/'"),
         (["--mount", "/api"], "--mount: expected PREFIX=MODULE:APP, got '/api'"),
         (["--workers", "2"], "--workers: only 1 worker process is implemented so far"),
-        (["--mount", "/api=pkg:app"], "--mount: serving several applications by path prefix"),
+        (["--origins", "10.0.0.0/8,nowhere"], "--origins: 'nowhere' is not an IP network"),
+        (["--forwarded-allow-ips", "1.2.3.4/40"], "--forwarded-allow-ips: '1.2.3.4/40' is not"),
+        (["--ca-certs", "/etc/hostname"], "--ca-certs: needs certfile and keyfile"),
+        (["--on-connect", "x:y"], "unrecognized arguments: --on-connect"),
         (["--certfile", "/nonexistent.pem"], "--certfile: needs keyfile too"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--keepalive=yes"], "ignored explicit argument 'yes'"),
@@ -159,6 +172,8 @@ def test_help_lists_every_setting_with_unit_and_default(
     assert code == 0
     flat = " ".join(out.split())
     for setting in config.SETTINGS:
+        if not setting.cli:
+            continue
         assert config.flag_for(setting.name) in out, setting.name
         assert " ".join(f"default {setting.default_text()}".split()) in flat, setting.name
         if setting.unit:
@@ -415,3 +430,53 @@ def test_environ_reaches_the_engine(
     assert settings["keepalive"] is False
     assert settings["server_name"] == "localhost"
     assert not os.path.exists(sock)  # removed at exit
+
+
+def test_mounts_are_imported(
+    capsys: pytest.CaptureFixture[str], app_dir: Path, fake_engine: type[FakeEngine]
+) -> None:
+    fake_engine.on_run = stop_at_once
+    module = write_module(app_dir, HELLO)
+    code, _, err = run(
+        capsys, f"{module}:create_app", "--factory", "--port", "0", "--mount", f"/api={module}:app"
+    )
+    assert code == 0, err
+    mounts = fake_engine.instances[0].settings["mounts"]
+    assert list(mounts) == ["/api"] and mounts["/api"].__name__ == "app"
+
+
+def test_mount_not_found(
+    capsys: pytest.CaptureFixture[str], app_dir: Path, fake_engine: type[FakeEngine]
+) -> None:
+    module = write_module(app_dir, HELLO)
+    code, _, err = run(capsys, f"{module}:app", "--mount", f"/api={module}:nothing")
+    assert code == 1
+    assert f"'{module}' has no attribute 'nothing'" in err
+    assert fake_engine.instances == []
+
+
+def test_tls_listeners_are_announced_as_https(
+    app_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    fake_engine: type[FakeEngine],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="unyoke")
+    fake_engine.on_run = stop_at_once
+    (app_dir / "cert.pem").write_text("not checked here: the engine reads it")
+    module = write_module(app_dir, HELLO)
+    code, _, err = run(
+        capsys,
+        f"{module}:app",
+        "--bind",
+        "127.0.0.1:0",
+        "--bind",
+        f"unix:{app_dir}/t.sock",
+        "--certfile",
+        "cert.pem",
+        "--keyfile",
+        "cert.pem",
+    )
+    assert code == 0, err
+    assert "unyoke listening on https://127.0.0.1:" in caplog.text
+    assert f", unix:{app_dir}/t.sock (threads=64)" in caplog.text

@@ -45,6 +45,11 @@ EXPECTED_DEFAULTS = {
     "graceful_timeout": 30.0,
     "certfile": None,
     "keyfile": None,
+    "ca_certs": None,
+    "origins": [],
+    "forwarded_allow_ips": [],
+    "on_connect": None,
+    "on_disconnect": None,
     "factory": False,
 }
 
@@ -105,6 +110,12 @@ def test_limits_document_their_status_code() -> None:
         ({"server_name": "example.com"}, {"server_name": "example.com"}),
         ({"log_format": "%(status_code)s %(wall_seconds).3f"}, {}),
         ({"responseless_timeout": 0}, {"responseless_timeout": 0.0}),
+        ({"origins": "10.0.0.0/8, 127.0.0.1"}, {"origins": ["10.0.0.0/8", "127.0.0.1"]}),
+        ({"origins": ["::1/128", "192.168.0.7"]}, {"origins": ["::1/128", "192.168.0.7"]}),
+        ({"forwarded_allow_ips": "127.0.0.1"}, {"forwarded_allow_ips": ["127.0.0.1"]}),
+        ({"forwarded_allow_ips": ""}, {"forwarded_allow_ips": []}),
+        ({"mounts": {"/": "site:app", "/api": len}}, {"mounts": {"/": "site:app", "/api": len}}),
+        ({"on_connect": print}, {"on_connect": print}),
     ],
 )
 def test_valid_values(given: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -150,6 +161,10 @@ def test_valid_values(given: dict[str, Any], expected: dict[str, Any]) -> None:
         ({"mounts": {"/api": "not an app"}}, "expected MODULE:APP"),
         ({"mounts": {"/api": 42}}, "must map to an application"),
         ({"certfile": ""}, "certfile: expected a file path, got an empty string"),
+        ({"origins": "10.0.0.0/33"}, "origins: '10.0.0.0/33' is not an IP network"),
+        ({"origins": "localhost"}, "origins: 'localhost' is not an IP network"),
+        ({"forwarded_allow_ips": [1]}, "forwarded_allow_ips: expected networks as a list"),
+        ({"on_disconnect": "print"}, "on_disconnect: expected a callable, got 'print'"),
     ],
 )
 def test_invalid_values(given: dict[str, Any], message: str) -> None:
@@ -190,15 +205,18 @@ def test_certfile_and_keyfile_go_together(tmp_path: Path) -> None:
         config.validate({"certfile": cert, "keyfile": tmp_path / "missing.pem"})
     values = config.validate({"certfile": cert, "keyfile": key})
     assert values["certfile"] == os.fspath(cert)
-    with pytest.raises(ConfigError, match="TLS is not implemented yet"):
-        config.check_supported(values)
+    config.check_supported(values)
+    with pytest.raises(ConfigError, match="ca_certs: needs certfile and keyfile"):
+        config.validate({"ca_certs": cert})
+    with pytest.raises(ConfigError, match="ca_certs: no such file"):
+        config.validate({"certfile": cert, "keyfile": key, "ca_certs": tmp_path / "no.pem"})
+    assert config.validate({"certfile": cert, "keyfile": key, "ca_certs": cert})["ca_certs"]
 
 
 @pytest.mark.parametrize(
     ("given", "message"),
     [
         ({"workers": 2}, "workers: only 1 worker process is implemented so far"),
-        ({"mounts": {"/api": "pkg.api:app"}}, "mounts: serving several applications"),
     ],
 )
 def test_not_implemented_yet(given: dict[str, Any], message: str) -> None:

@@ -353,3 +353,16 @@ def test_bind_error_messages(code: int, port: int, reason: str) -> None:
 
     message = _describe(OSError(code, os.strerror(code)), f"0.0.0.0:{port}", port)
     assert message.startswith(f"cannot listen on 0.0.0.0:{port}: {reason}")
+
+
+def test_mounts_keyword_takes_apps_and_references(fake_engine: type[FakeEngine]) -> None:
+    with unyoke.Server(app, port=0, mounts={"/a": app, "/b": "examples.hello:app"}) as running:
+        mounts = fake_engine.instances[0].settings["mounts"]
+        assert mounts["/a"] is app
+        assert mounts["/b"].__module__ == "examples.hello"
+        assert running.settings["mounts"]["/b"] is mounts["/b"]
+
+
+def test_mount_reference_not_found() -> None:
+    with pytest.raises(StartupError, match="no module named 'no_such_module_xyz'"):
+        unyoke.Server(app, port=0, mounts={"/a": "no_such_module_xyz:app"}).start()
