@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import parse_qs
 
 PAGE = Path(__file__).with_name("static") / "clock.html"
@@ -123,7 +123,7 @@ def respond(start_response: StartResponse, status: str, ctype: str, body: bytes)
     return [body]
 
 
-def app(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+def app(environ: Dict[str, Any], start_response: StartResponse) -> Any:
     """The clock: the page at /, the event stream at /events, the number of open
     streams at /stats."""
     path = environ.get("PATH_INFO", "")

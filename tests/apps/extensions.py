@@ -344,14 +344,19 @@ def op_sleep(environ: Environ, start_response: StartResponse) -> Iterator[bytes]
 
 @route("op/wait")
 def op_wait(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
-    """Waits on `name` (for at most `timeout` s when given); returns the outcome."""
+    """Waits on `name` (for at most `timeout` s when given); returns the outcome. When
+    the server closes the generator while it waits, records `name` in op_closed.log."""
     q = query(environ)
     name = q["name"]
     timeout = float(q["timeout"]) if "timeout" in q else None
     start_response("200 OK", [("Content-Type", "application/json")])
     started = time.monotonic()
     _count(WAITING, name)
-    yield environ["unyoke.wait"](name, timeout)
+    try:
+        yield environ["unyoke.wait"](name, timeout)
+    except GeneratorExit:
+        record("op_closed", name)
+        raise
     _count(RESUMED, name)
     report = outcome(environ)
     report["elapsed"] = time.monotonic() - started
@@ -408,13 +413,21 @@ def _work(mode: str, delay: float) -> Any:
 def op_future(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
     """Waits for a concurrent.futures future. `mode`: ok (a result), raise (an
     exception), done (already complete when yielded), manual (a bare Future completed by
-    a timer thread)."""
+    a timer thread), asyncio (a coroutine run on the asyncio loop thread with
+    asyncio.run_coroutine_threadsafe)."""
     q = query(environ)
     mode, delay = q.get("mode", "ok"), float(q.get("delay", "0.2"))
     future: Future[Any]
     if mode == "manual":
         future = Future()
         threading.Timer(delay, future.set_result, ("set by a timer",)).start()
+    elif mode == "asyncio":
+
+        async def coroutine() -> str:
+            await asyncio.sleep(delay)
+            return f"awaited in {thread_name()}"
+
+        future = asyncio.run_coroutine_threadsafe(coroutine(), asyncio_loop())
     else:
         future = _executor.submit(_work, "raise" if mode == "raise" else "ok", delay)
         if mode == "done":
@@ -431,7 +444,11 @@ def op_stream_wait(environ: Environ, start_response: StartResponse) -> Iterator[
     start_response("200 OK", [("Content-Type", "text/plain")])
     yield b"before;"
     _count(WAITING, name)
-    yield environ["unyoke.wait"](name, 30)
+    try:
+        yield environ["unyoke.wait"](name, 30)
+    except GeneratorExit:
+        record("op_closed", name)
+        raise
     _count(RESUMED, name)
     yield f"after:{environ['unyoke.result']}".encode()
 

@@ -501,12 +501,48 @@ def test_generator_parked_mid_response_resumes_on_the_same_response(server):
         assert read_chunk(conn) == b""
 
 
+def test_client_leaving_a_parked_generator_closes_it_and_unregisters_it(server):
+    name = new_key()
+    conn = server.connect()
+    conn.send(build_request("GET", f"/op/wait?name={name}&timeout=30"))
+    wait_waiting(server, name, 1)
+    conn.close()
+    assert server.wait_for_state("op_closed", name), "the parked generator was not closed"
+    assert get(server, f"/op/signal?name={name}&value=late").body == b"0"
+
+
+def test_parked_generator_that_started_its_response_is_ended_by_inactivity_timeout(servers):
+    """A park is no progress: a response that has started and then waits longer than
+    inactivity_timeout is cut off like any stalled response."""
+    srv = servers.start(APP, "--inactivity-timeout", "1")
+    name = new_key()
+    with srv.connect(timeout=15) as conn:
+        conn.send(build_request("GET", f"/op/stream_wait?name={name}"))
+        started = time.monotonic()
+        with pytest.raises(IncompleteResponse) as info:
+            conn.read_response()
+        assert info.value.response.body == b"before;"
+        assert 0.8 <= time.monotonic() - started < 8.0
+    assert srv.wait_for_state("op_closed", name)
+
+
+def test_responseless_timeout_also_ends_a_long_poll_that_sent_nothing(servers):
+    """The head is sent with the first non-empty chunk: a generator waiting longer than
+    responseless_timeout before any body is answered 503, and closed."""
+    srv = servers.start(APP, "--responseless-timeout", "0.5")
+    name = new_key()
+    response = get(srv, f"/op/wait?name={name}&timeout=10")
+    assert response.status == 503
+    assert srv.wait_for_state("op_closed", name)
+
+
 @pytest.mark.parametrize(
     ("mode", "result"),
     [
         ("ok", {"answer": 42, "computed_in": "future-worker_0"}),
         ("done", {"answer": 42, "computed_in": "future-worker_0"}),
         ("manual", "set by a timer"),
+        ("asyncio", "awaited in asyncio-loop"),
     ],
 )
 def test_future_result(server, mode, result):
