@@ -47,9 +47,14 @@ impl Input {
                     return Ok(None);
                 }
                 BodyRead::Pending => {
-                    let ex = Arc::clone(&self.ex);
-                    py.allow_threads(move || ex.wait_body());
-                    self.ex.gate_taken();
+                    if self.ex.must_drive() {
+                        // No thread could take over the engine: drive it from here.
+                        self.ex.drive_until_body();
+                    } else {
+                        let ex = Arc::clone(&self.ex);
+                        py.allow_threads(move || ex.wait_body());
+                        self.ex.gate_taken();
+                    }
                 }
                 BodyRead::Error(e) => {
                     return Err(ClientDisconnected::new_err(match e {

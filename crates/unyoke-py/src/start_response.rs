@@ -310,9 +310,14 @@ impl StartResponse {
         if self.ex.queued_bytes() >= unyoke_server::OUTPUT_HIGH_WATER {
             // PEP 3333: write() returns once the data is on its way; here it waits for
             // room, so a writing loop cannot buffer without bound.
-            let ex = Arc::clone(&self.ex);
-            let alive = data.py().allow_threads(move || ex.wait_writable());
-            self.ex.gate_taken();
+            let alive = if self.ex.must_drive() {
+                self.ex.drive_until_writable()
+            } else {
+                let ex = Arc::clone(&self.ex);
+                let alive = data.py().allow_threads(move || ex.wait_writable());
+                self.ex.gate_taken();
+                alive
+            };
             if !alive {
                 return Err(ClientDisconnected::new_err("the client has disconnected"));
             }

@@ -61,6 +61,12 @@ impl ConnInfo {
 
 /// A stream the engine can serve: TCP, UNIX, later TLS.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when a read would not block (or cannot tell: then at once).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+
     /// Sends `len` bytes of `file` from `offset`; `sendfile(2)` where the transport allows.
     fn send_file<'a>(
         &'a mut self,
@@ -72,11 +78,19 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     }
 }
 
-impl Transport for tokio::net::UnixStream {}
+impl Transport for tokio::net::UnixStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_read_ready(self, cx)
+    }
+}
 
 impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 
 impl Transport for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+
     fn send_file<'a>(
         &'a mut self,
         file: &'a std::fs::File,
@@ -201,7 +215,9 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
             HeadOutcome::Close => break,
         };
         first = false;
-        match conn.exchange(head).await {
+        // Boxed: an idle connection's task then carries only the small head-reading
+        // state, not the larger state of a request in progress.
+        match Box::pin(conn.exchange(head)).await {
             Ok(true) => continue,
             Ok(false) | Err(_) => break,
         }
@@ -258,6 +274,23 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 deadline = Some(Instant::now() + cfg.header_timeout);
             }
             let until = deadline.unwrap_or_else(|| Instant::now() + cfg.keepalive_timeout);
+            if idle {
+                // Between requests, hold no buffers: an idle connection then costs little
+                // more than its socket. Wait for bytes, then allocate.
+                self.buf = BytesMut::new();
+                self.wbuf = Vec::new();
+                let io = &self.io;
+                let stop = &self.shared.stop_notify;
+                let ready = tokio::select! {
+                    biased;
+                    r = timeout_at(until, std::future::poll_fn(|cx| io.poll_read_ready(cx))) => r,
+                    _ = stop.notified(), if !first => return HeadOutcome::Close,
+                };
+                match ready {
+                    Ok(Ok(())) => {}
+                    _ => return HeadOutcome::Close,
+                }
+            }
             self.make_room(HEAD_READ_SIZE);
             let stop = &self.shared.stop_notify;
             let read = tokio::select! {
@@ -285,9 +318,6 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 }
                 Ok(Ok(n)) => self.shared.stats.bytes_in(n),
                 Ok(Err(_)) => return HeadOutcome::Close,
-            }
-            if idle && self.shared.policy.stopping.load(Ordering::Relaxed) && !first {
-                // Bytes of a new request arrived while stopping: serve it, then close.
             }
         }
     }
@@ -550,12 +580,13 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 }
                 let chunks: Vec<OutChunk> = inner.out.drain(..).collect();
                 inner.out_bytes = 0;
-                if !chunks.is_empty() {
-                    ex.notify_app();
-                }
                 let want_more = std::mem::take(&mut inner.want_more);
                 (start, chunks, inner.finished, inner.aborted, want_more)
             };
+            if !chunks.is_empty() {
+                // A writer waiting for room may go on.
+                ex.notify_app();
+            }
             if let Some(mut start) = start {
                 if malformed.is_some()
                     || (!body_done && !self.can_discard(&ex, expect, continue_sent))

@@ -100,6 +100,8 @@ pub struct Dispatcher<J: Job> {
     /// Application threads waiting to take the gate back (announced by `want_gate`).
     gate_wanted: AtomicUsize,
     gate_notify: tokio::sync::Notify,
+    /// The runtime, for a leader that must drive it from inside a call.
+    rt: Mutex<Option<Arc<tokio::runtime::Runtime>>>,
 }
 
 thread_local! {
@@ -132,6 +134,7 @@ impl<J: Job> Dispatcher<J> {
             gate,
             gate_wanted: AtomicUsize::new(0),
             gate_notify: tokio::sync::Notify::new(),
+            rt: Mutex::new(None),
         })
     }
 
@@ -222,6 +225,38 @@ impl<J: Job> Dispatcher<J> {
         self.gate_wanted.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Whether the calling thread must drive the runtime itself rather than block while
+    /// it waits for the engine (body bytes, output room): it is the leader, inside an
+    /// application call, and no thread stands by to take over (the pool is exhausted).
+    /// Blocking then would leave nobody to produce what it waits for.
+    pub fn must_drive(&self) -> bool {
+        let token = LEADER_TOKEN.with(|t| t.get());
+        let c = self.control.lock();
+        token != 0 && c.leader_token == token && c.leader == LeaderState::App && !c.standby
+    }
+
+    /// Drives the runtime from inside an application call until `ready` says so (see
+    /// [`Dispatcher::must_drive`]). `ready` registers the waker it is given when it
+    /// returns false. Jobs queued meanwhile run after the call.
+    pub fn drive(&self, ready: &mut dyn FnMut(&mut std::task::Context<'_>) -> bool) {
+        let Some(rt) = self.rt.lock().clone() else {
+            return;
+        };
+        self.control.lock().leader = LeaderState::Io;
+        rt.block_on(poll_fn(|cx| {
+            let wakes = std::mem::take(&mut self.control.lock().pending_wakes);
+            for w in wakes {
+                w.wake();
+            }
+            if ready(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }));
+        self.control.lock().leader = LeaderState::App;
+    }
+
     /// Runs inside the runtime: yields the gate whenever a thread announced it wants it.
     pub async fn gate_yielder(self: Arc<Self>) {
         loop {
@@ -235,6 +270,7 @@ impl<J: Job> Dispatcher<J> {
 
     /// Starts the first dispatch thread, which becomes leader and drives `rt`.
     pub fn start(self: &Arc<Self>, rt: Arc<tokio::runtime::Runtime>) {
+        *self.rt.lock() = Some(Arc::clone(&rt));
         let mut c = self.control.lock();
         c.threads += 1;
         drop(c);

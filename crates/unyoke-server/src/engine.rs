@@ -222,6 +222,12 @@ impl<H: Handler> Waking for DispatchWaking<H> {
     fn got_gate(&self) {
         self.0.got_gate();
     }
+    fn must_drive(&self) -> bool {
+        self.0.must_drive()
+    }
+    fn drive(&self, ready: &mut dyn FnMut(&mut std::task::Context<'_>) -> bool) {
+        self.0.drive(ready);
+    }
 }
 
 /// State shared by every connection of the engine.
@@ -509,7 +515,9 @@ async fn accept_loop<H: Handler>(
                         Accepted::Tcp(s) => {
                             let _ = s.set_nodelay(true);
                             match tls {
-                                None => connection::serve(Arc::clone(&shared2), s, info).await,
+                                None => {
+                                    Box::pin(connection::serve(Arc::clone(&shared2), s, info)).await
+                                }
                                 Some(acceptor) => {
                                     let deadline =
                                         tokio::time::Instant::now() + shared2.config.header_timeout;
@@ -517,12 +525,15 @@ async fn accept_loop<H: Handler>(
                                     if let Ok(Ok(s)) =
                                         tokio::time::timeout_at(deadline, acceptor.accept(s)).await
                                     {
-                                        connection::serve(Arc::clone(&shared2), s, info).await
+                                        Box::pin(connection::serve(Arc::clone(&shared2), s, info))
+                                            .await
                                     }
                                 }
                             }
                         }
-                        Accepted::Unix(s) => connection::serve(Arc::clone(&shared2), s, info).await,
+                        Accepted::Unix(s) => {
+                            Box::pin(connection::serve(Arc::clone(&shared2), s, info)).await
+                        }
                     }
                     shared2.stats.open.fetch_sub(1, Ordering::Relaxed);
                     if shared2.connection_events {

@@ -23,6 +23,10 @@ pub trait Waking: Send + Sync {
     fn want_gate(&self);
     /// The calling application thread has the gate again.
     fn got_gate(&self);
+    /// See `Dispatcher::must_drive`.
+    fn must_drive(&self) -> bool;
+    /// See `Dispatcher::drive`.
+    fn drive(&self, ready: &mut dyn FnMut(&mut Context<'_>) -> bool);
 }
 
 /// Why a body read failed.
@@ -115,6 +119,8 @@ pub(crate) struct Inner {
     pub(crate) park_deadline: Option<Instant>,
     pub(crate) unparked: bool,
     pub(crate) park_timed_out: bool,
+    /// A runtime-driving application thread waits for body bytes or output room.
+    pub(crate) app_waker: Option<Waker>,
     /// Watch the connection for the client leaving while the response is pending.
     pub(crate) watch_client: bool,
     /// Body bytes written to the socket so far.
@@ -191,8 +197,47 @@ impl<S> Exchange<S> {
         self.inner.lock()
     }
 
+    /// Wakes the application side (a thread blocked on the body or on output room, or a
+    /// driving leader). Must be called without the exchange lock held.
     pub(crate) fn notify_app(&self) {
         self.body_cv.notify_all();
+        let waker = self.inner.lock().app_waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Waits for body bytes like [`Exchange::wait_body`], but for a caller that must
+    /// drive the runtime itself (see [`Exchange::must_drive`]); the gate stays held.
+    pub fn drive_until_body(&self) {
+        self.waking.drive(&mut |cx| {
+            let mut inner = self.inner.lock();
+            if !inner.body.is_empty() || inner.body_eof || inner.body_error.is_some() {
+                return true;
+            }
+            inner.app_waker = Some(cx.waker().clone());
+            false
+        });
+    }
+
+    /// Waits for output room like [`Exchange::wait_writable`], driving the runtime.
+    /// Returns false if the client is gone.
+    pub fn drive_until_writable(&self) -> bool {
+        self.waking.drive(&mut |cx| {
+            let mut inner = self.inner.lock();
+            if inner.out_bytes < OUTPUT_HIGH_WATER || inner.gone || inner.aborted {
+                return true;
+            }
+            inner.app_waker = Some(cx.waker().clone());
+            false
+        });
+        !self.inner.lock().gone
+    }
+
+    /// Whether the caller must use the `drive_until_*` waits instead of blocking: it is
+    /// the thread driving the engine and no other thread can take over.
+    pub fn must_drive(&self) -> bool {
+        self.waking.must_drive()
     }
 
     // ----- application side -----

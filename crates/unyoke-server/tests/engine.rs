@@ -742,8 +742,6 @@ fn more_blocking_calls_than_threads_all_complete() {
 }
 
 #[test]
-#[ignore = "engine bug: when every dispatch thread waits in Exchange::wait_body, no thread \
-            drives the runtime, so the bodies (and timeouts) never come: permanent deadlock"]
 fn handlers_waiting_for_bodies_on_every_thread_still_get_them() {
     // Each handler waits for its body with the gate released, on its own thread; the
     // bodies can only arrive if some thread still drives the connections.
@@ -771,8 +769,6 @@ fn handlers_waiting_for_bodies_on_every_thread_still_get_them() {
 }
 
 #[test]
-#[ignore = "engine bug: when every dispatch thread waits in Exchange::wait_writable, no \
-            thread drives the runtime, so the output never drains: permanent deadlock"]
 fn handlers_waiting_for_output_room_on_every_thread_still_get_it() {
     let server = Server::start(Config {
         threads: 2,

@@ -256,6 +256,16 @@ impl TestHandler {
             match ex.try_read_body(64 * 1024) {
                 BodyRead::Data(d) => body.extend_from_slice(&d),
                 BodyRead::Eof => break,
+                BodyRead::Pending if ex.must_drive() => {
+                    // The sequence of `Input::next_chunk` when no thread could take
+                    // over: drive the engine from here, gate held (but no handler code
+                    // runs meanwhile, and the gate may be lent to other threads).
+                    self.probe.leave();
+                    self.probe.body_waiting.fetch_add(1, Ordering::AcqRel);
+                    ex.drive_until_body();
+                    self.probe.body_waiting.fetch_sub(1, Ordering::AcqRel);
+                    self.probe.enter(&self.gate);
+                }
                 BodyRead::Pending => {
                     // The sequence of `Input::next_chunk` under `py.allow_threads`.
                     self.probe.leave();
@@ -292,10 +302,15 @@ impl TestHandler {
             if ex.queued_bytes() >= OUTPUT_HIGH_WATER {
                 self.probe.write_waits.fetch_add(1, Ordering::Relaxed);
                 self.probe.leave();
-                self.gate.release();
-                let alive = ex.wait_writable();
-                self.gate.acquire();
-                ex.gate_taken();
+                let alive = if ex.must_drive() {
+                    ex.drive_until_writable()
+                } else {
+                    self.gate.release();
+                    let alive = ex.wait_writable();
+                    self.gate.acquire();
+                    ex.gate_taken();
+                    alive
+                };
                 self.probe.enter(&self.gate);
                 if !alive {
                     self.probe.write_gone.fetch_add(1, Ordering::Relaxed);
