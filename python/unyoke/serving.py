@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Type
 from . import config, logs
 from .errors import ConfigError, StartupError
 from .importer import resolve_mounts
-from .listeners import Listener, close_listeners, listener_from_socket, open_listeners
+from .listeners import (
+    Listener,
+    close_listeners,
+    listener_from_socket,
+    open_listeners,
+    release_sockets,
+)
 from .signals import ShutdownOnSignal
 
 if TYPE_CHECKING:
@@ -53,17 +59,15 @@ def _start_engine(app: WSGIApp, listeners: List[Listener], values: Dict[str, Any
     """Make the engine over ``listeners``; the sockets unyoke made are closed (the engine
     holds duplicates), the unix socket files stay until :func:`close_listeners`."""
     settings = dict(values)
-    settings["mounts"] = resolve_mounts(values["mounts"])
     if settings["server_name"] is None:
         settings["server_name"] = listeners[0].server_name
     try:
+        settings["mounts"] = resolve_mounts(values["mounts"])
         engine = engine_class()(app, [listener.engine_tuple() for listener in listeners], settings)
     except BaseException:
         close_listeners(listeners)
         raise
-    for listener in listeners:
-        if listener.owned:
-            listener.sock.close()
+    release_sockets(listeners)
     return engine
 
 
@@ -142,7 +146,8 @@ _running: weakref.WeakSet[Server] = weakref.WeakSet()
 @atexit.register
 def _stop_running_servers() -> None:
     for running in list(_running):
-        running.stop(grace=0.0)
+        with contextlib.suppress(Exception):  # exiting anyway: an engine error changes nothing
+            running.stop(grace=0.0)
 
 
 class Server:
