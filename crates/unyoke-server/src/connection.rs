@@ -284,7 +284,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 let ready = tokio::select! {
                     biased;
                     r = timeout_at(until, std::future::poll_fn(|cx| io.poll_read_ready(cx))) => r,
-                    _ = stop.notified(), if !first => return HeadOutcome::Close,
+                    _ = stop.notified() => return HeadOutcome::Close,
                 };
                 match ready {
                     Ok(Ok(())) => {}
@@ -296,7 +296,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             let read = tokio::select! {
                 biased;
                 r = timeout_at(until, self.io.read_buf(&mut self.buf)) => r,
-                _ = stop.notified(), if idle && !first => return HeadOutcome::Close,
+                _ = stop.notified(), if idle => return HeadOutcome::Close,
             };
             match read {
                 Err(_) => {

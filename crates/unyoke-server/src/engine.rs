@@ -519,15 +519,8 @@ async fn accept_loop<H: Handler>(
                                     Box::pin(connection::serve(Arc::clone(&shared2), s, info)).await
                                 }
                                 Some(acceptor) => {
-                                    let deadline =
-                                        tokio::time::Instant::now() + shared2.config.header_timeout;
-                                    // A failed or slow handshake costs only its own connection.
-                                    if let Ok(Ok(s)) =
-                                        tokio::time::timeout_at(deadline, acceptor.accept(s)).await
-                                    {
-                                        Box::pin(connection::serve(Arc::clone(&shared2), s, info))
-                                            .await
-                                    }
+                                    Box::pin(serve_tls(Arc::clone(&shared2), s, info, acceptor))
+                                        .await
                                 }
                             }
                         }
@@ -553,6 +546,21 @@ async fn accept_loop<H: Handler>(
                 }
             }
         }
+    }
+}
+
+/// The TLS handshake (bounded by the header timeout), then the connection. A failed or
+/// slow handshake costs only its own connection. Kept out of the accept task so that a
+/// plain connection's task does not carry the size of a TLS session.
+async fn serve_tls<H: Handler>(
+    shared: Arc<Shared<H>>,
+    stream: tokio::net::TcpStream,
+    info: Arc<ConnInfo>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let deadline = tokio::time::Instant::now() + shared.config.header_timeout;
+    if let Ok(Ok(s)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        connection::serve(shared, s, info).await;
     }
 }
 

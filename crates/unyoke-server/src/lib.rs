@@ -36,7 +36,9 @@ pub trait Handler: Send + Sync + 'static {
     /// The output queued after [`Exchange::want_more`] was written: produce more.
     fn resume(&self, exchange: &Arc<Exchange<Self::State>>);
     /// The exchange is over (response written, or client gone, or server stopping):
-    /// release what the request holds (for WSGI: call the iterable's `close()`).
+    /// release what the request holds (for WSGI: call the iterable's `close()`). Called
+    /// only for exchanges whose [`Exchange::state`] was set: a request answered at once
+    /// and holding nothing costs no trip back.
     fn close(&self, exchange: &Arc<Exchange<Self::State>>);
     /// The body bytes asked for with [`Exchange::notify_when_written`] are on the wire.
     fn written(&self, exchange: &Arc<Exchange<Self::State>>) {
