@@ -258,14 +258,6 @@ def test_flush_callback_runs_once_the_bytes_are_on_the_wire(server):
         sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: a flush(callback) made inside the application call (before it returns "
-    "the responder) loses the callback when the connection writes the bytes before "
-    "run_app() stores the responder in the request state (handler.written() finds no "
-    "responder, and no later write re-checks written_target): any GIL release after the "
-    "flush (here time.sleep) makes it happen",
-)
 def test_flush_callback_given_inside_the_app_call(server):
     key = new_key()
     with server.connect() as conn:
@@ -318,11 +310,6 @@ def test_responseless_timeout_answers_503_and_logs_it(servers):
     assert get(srv, "/defer/timer?delay=0.1").status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: connection.rs logs a request ended by responseless_timeout twice in the "
-    "access log (once in the Timer::Responseless arm, again at the end of exchange())",
-)
 def test_responseless_timeout_logs_the_request_once(servers):
     srv = servers.start(APP, "--responseless-timeout", "0.3")
     key = new_key()
@@ -583,12 +570,6 @@ def test_operations_pass_through_real_middleware(server):
     assert b"What the test apps share" in shared.body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="binding: with minimum_chunk_size > 0, handler.rs pump() coalesces the b'' an "
-    "operation returns and `continue`s before looking at the recorded operation, so the "
-    "generator is never parked and gets no environ['unyoke.result']",
-)
 def test_operations_with_minimum_chunk_size(servers):
     srv = servers.start(APP, "--minimum-chunk-size", "4096")
     report = get_json(srv, "/op/sleep?s=0.5")

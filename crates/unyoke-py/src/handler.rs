@@ -171,6 +171,10 @@ impl WsgiHandler {
             }
             *ex.state.lock() = Some(st);
             ex.watch_client();
+            // A flush(callback) made inside the call may already be on the wire.
+            responder
+                .borrow_mut()
+                .fire_flushed(py, ex.written(), self.error_logger.bind(py));
             return;
         }
         self.consume(py, ex, &sr, result, &env);
@@ -431,7 +435,7 @@ impl WsgiHandler {
                     };
                     if min_chunk > 0 {
                         coalesced.extend_from_slice(b.as_bytes());
-                        if coalesced.len() < min_chunk {
+                        if coalesced.len() < min_chunk && op.is_none() {
                             continue;
                         }
                         let joined = PyBytes::new(py, &coalesced);

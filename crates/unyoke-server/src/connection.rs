@@ -501,10 +501,8 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                                 ex.lock().gone = true;
                                 ex.notify_app();
                                 self.send_simple(503, "Service Unavailable", "the application did not respond in time").await;
-                                if let Some(log) = &shared.access_log {
-                                    writer.status = 503;
-                                    self.log_request(log, &ex, &writer);
-                                }
+                                // Logged once, with the others, at the end of the exchange.
+                                writer.status = 503;
                                 aborted = true;
                                 gone = true;
                             }
