@@ -428,6 +428,15 @@ impl<J: Job> Dispatcher<J> {
                     // The leader blocks the loop (or there is none): take over.
                     c.standby = false;
                     Self::become_leader(&mut c);
+                    drop(c);
+                    // If the interpreter forced the switch, the old leader is not blocked
+                    // but waiting for the gate to finish its (running) call: lend it the
+                    // gate once now, so its response is not held up until this thread
+                    // next lets go. A blocked leader does not want it; then this costs a
+                    // yield.
+                    self.gate.release();
+                    thread::yield_now();
+                    self.gate.acquire();
                     return Role::Leader;
                 }
                 LeaderState::Parked => {
