@@ -112,7 +112,9 @@ impl Engine {
     }
 
     /// Counters: open_connections, requests_in_flight, requests_total, bytes_in,
-    /// bytes_out, threads.
+    /// bytes_out, threads, responses_by_class (index 0: none sent, 1: 1xx … 5: 5xx),
+    /// duration_buckets (per bucket, the last +Inf), duration_bucket_bounds (seconds),
+    /// duration_sum_seconds.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let d = PyDict::new(py);
@@ -122,6 +124,13 @@ impl Engine {
         d.set_item("bytes_in", s.bytes_in)?;
         d.set_item("bytes_out", s.bytes_out)?;
         d.set_item("threads", s.threads)?;
+        d.set_item("responses_by_class", s.responses_by_class.to_vec())?;
+        d.set_item("duration_buckets", s.duration_buckets.to_vec())?;
+        d.set_item(
+            "duration_bucket_bounds",
+            unyoke_server::DURATION_BUCKETS.to_vec(),
+        )?;
+        d.set_item("duration_sum_seconds", s.duration_sum_us as f64 / 1e6)?;
         Ok(d)
     }
 }

@@ -401,7 +401,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 match timeout_at(deadline, Arc::clone(slots).acquire_owned()).await {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
-                        shared.stats.request_finished();
+                        shared.stats.request_finished(503, ex.started.elapsed());
                         self.send_simple(
                             503,
                             "Service Unavailable",
@@ -636,7 +636,10 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             // Only requests that kept something (an iterable to close) need the trip.
             shared.submit(WorkItem::Close(Arc::clone(&ex)));
         }
-        shared.stats.request_finished();
+        // A response never started (client gone first) counts as status 0.
+        shared
+            .stats
+            .request_finished(writer.status, ex.started.elapsed());
         if let Some(log) = &shared.access_log {
             self.log_request(log, &ex, &writer);
         }

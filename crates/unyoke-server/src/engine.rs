@@ -143,7 +143,7 @@ impl Default for Config {
 }
 
 /// Counters of the engine.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Stats {
     /// Connections open now.
     pub open_connections: u64,
@@ -157,7 +157,19 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Dispatch threads alive.
     pub threads: u64,
+    /// Responses by status class: index 0 for none sent (client gone), 1 for 1xx … 5 for 5xx.
+    pub responses_by_class: [u64; 6],
+    /// Request durations (head received → response end): counts per bucket of
+    /// [`DURATION_BUCKETS`] (cumulative is the reader's job), the last one +Inf.
+    pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
+    /// Sum of request durations, in microseconds.
+    pub duration_sum_us: u64,
 }
+
+/// Upper bounds, in seconds, of the request duration histogram (Prometheus' defaults).
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -166,6 +178,9 @@ pub(crate) struct Counters {
     total: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    by_class: [AtomicU64; 6],
+    durations: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    duration_sum_us: AtomicU64,
 }
 
 impl Counters {
@@ -179,8 +194,18 @@ impl Counters {
         self.total.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn request_finished(&self) {
+    pub(crate) fn request_finished(&self, status: u16, took: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let class = usize::from(status / 100).min(5);
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.durations[bucket].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -411,6 +436,9 @@ impl<H: Handler> Engine<H> {
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             threads: self.shared.dispatcher.threads() as u64,
+            responses_by_class: std::array::from_fn(|i| c.by_class[i].load(Ordering::Relaxed)),
+            duration_buckets: std::array::from_fn(|i| c.durations[i].load(Ordering::Relaxed)),
+            duration_sum_us: c.duration_sum_us.load(Ordering::Relaxed),
         }
     }
 }

@@ -17,7 +17,7 @@ pub use access_log::LogFormat;
 pub use clock::DateCache;
 pub use connection::{ConnInfo, PeerAddr};
 pub use dispatch::{Dispatcher, Gate, Job};
-pub use engine::{Config, Engine, Network, Stats};
+pub use engine::{Config, Engine, Network, Stats, DURATION_BUCKETS};
 pub use exchange::{
     BodyError, BodyRead, Exchange, OutChunk, ParkOutcome, ResponseStart, OUTPUT_HIGH_WATER,
 };
