@@ -19,11 +19,24 @@ PYTHON_PATHS := python tests examples
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# System packages, when a test needs one: add this line to deps, with the packages.
-#	if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y --no-install-recommends PACKAGES; fi
+# Debian packages the tests need, as "command:package" (chromium: the browser test of
+# examples/clock_sse.py). Installed with apt-get when the command is missing and we are root.
+APT_NEEDS := chromium:chromium
+
 .PHONY: deps
-deps: ## Install what the tests need (requirements-test.txt)
+deps: ## Install what the tests need (requirements-test.txt, Debian packages in APT_NEEDS)
 	$(PIP) install -r requirements-test.txt
+	@missing=""; for need in $(APT_NEEDS); do \
+	    command -v "$${need%%:*}" >/dev/null 2>&1 || missing="$$missing $${need#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	    echo "note: install$$missing (Debian packages) for the tests that need them"; \
+	fi
 
 .PHONY: install
 install: ## Build the Rust extension (release) and install unyoke in editable mode
