@@ -1,6 +1,7 @@
 """The examples run as a person would run them (issue 3, part 8): the long-polling chat
 (examples/chat.py) with real HTTP clients, the server-sent-events clock
-(examples/clock_sse.py) with raw sockets and in headless Chromium.
+(examples/clock_sse.py) with raw sockets and in headless Chromium, and every example of
+docs/extensions.md as its `# run:` and `# try:` lines say.
 
 Chromium is Debian's `chromium` package; the Chromium test is skipped when it is not
 installed, except under CI (`CI` set), where it must run.
@@ -11,19 +12,22 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 import requests
 
-from tests.e2e.rawhttp import RawConnection, build_request
-from tests.e2e.serverproc import ServerProcess
+from tests.e2e.rawhttp import HTTPResponse, RawConnection, build_request
+from tests.e2e.serverproc import REPO_ROOT, ServerProcess, subprocess_env
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -222,3 +226,118 @@ def test_examples_answer_json_404(chat):
     response = requests.get(chat.url + "/nowhere", timeout=10)
     assert response.status_code == 404
     assert json.loads(response.text)["error"].startswith("no route")
+
+
+# -- the examples of docs/extensions.md ---------------------------------------------------------
+
+DOCS = REPO_ROOT / "docs" / "extensions.md"
+
+
+class DocExample(NamedTuple):
+    name: str  # the file name, "deferred.py"
+    code: str
+    run: List[str]  # the command after "python", e.g. ["-m", "unyoke", "deferred:app"]
+    tries: List[str]  # curl command lines
+    expects: List[str]  # substrings of the responses (or of a script's output)
+    logs: List[str]  # substrings of the server's log
+
+
+def doc_examples() -> List[DocExample]:
+    """Every ```python block of docs/extensions.md that starts with `# example: NAME.py`."""
+    text = DOCS.read_text(encoding="utf-8")
+    examples = []
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        first = block.split("\n", 1)[0]
+        if not first.startswith("# example: "):
+            continue
+        name = first[len("# example: ") :].strip()
+
+        def lines(tag: str, block: str = block) -> List[str]:
+            return [m.strip() for m in re.findall(rf"^# {tag}: (.*)$", block, flags=re.M)]
+
+        run = lines("run")
+        command = shlex.split(run[0])[1:] if run else ["-m", "unyoke", f"{name[:-3]}:app"]
+        examples.append(
+            DocExample(name, block, command, lines("try"), lines("expect"), lines("log"))
+        )
+    return examples
+
+
+def curl(address: Tuple[str, int], command: str) -> HTTPResponse:
+    """Do what a `curl [-s] [-N] [-H 'h: v'] [-d data] URL` line asks, on `address`."""
+    args = shlex.split(command)[1:]
+    headers: List[Tuple[str, str]] = []
+    body = b""
+    url = ""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-H":
+            name, _, value = args[i + 1].partition(":")
+            headers.append((name.strip(), value.strip()))
+            i += 1
+        elif arg == "-d":
+            body = args[i + 1].encode()
+            headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+            i += 1
+        elif not arg.startswith("-"):
+            url = arg
+        i += 1
+    target = re.sub(r"^https?://[^/]+", "", url) or "/"
+    method = "POST" if body else "GET"
+    with RawConnection(address, timeout=20) as conn:
+        conn.send(build_request(method, target, headers, body))
+        return conn.read_final_response(method)[1]
+
+
+@pytest.mark.parametrize("example", doc_examples(), ids=lambda e: e.name)
+def test_docs_extensions_examples_run(servers, tmp_path, example):
+    (tmp_path / example.name).write_text(example.code, encoding="utf-8")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
+    if example.run[:2] != ["-m", "unyoke"]:
+        # A script that runs its own server.
+        result = subprocess.run(
+            [sys.executable, *example.run],
+            cwd=tmp_path,
+            env=subprocess_env(env),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        output = result.stdout.decode() + result.stderr.decode()
+        assert result.returncode == 0, output
+        for expected in example.expects:
+            assert expected in output, (expected, output)
+        return
+    srv = servers.start(example.run[2], *example.run[3:], env=env)
+    responses: Dict[int, HTTPResponse] = {}
+    errors: List[BaseException] = []
+
+    def one(i: int, command: str) -> None:
+        try:
+            responses[i] = curl(srv.address, command)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = []
+    for i, command in enumerate(example.tries):
+        thread = threading.Thread(target=one, args=(i, command))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.5)  # in the order the doc gives them (a waiter before its signal)
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert len(responses) == len(example.tries)
+    for i, response in responses.items():
+        assert 200 <= response.status < 300, (example.tries[i], response)
+    bodies = "".join(r.body.decode("utf-8", "replace") for r in responses.values())
+    for expected in example.expects:
+        assert expected in bodies, (expected, bodies)
+    for expected in example.logs:
+        assert srv.wait_for_log(expected), (expected, srv.log()[-2000:])
+
+
+def test_docs_have_examples():
+    names = {e.name for e in doc_examples()}
+    assert {"deferred.py", "operations.py", "posthooks.py", "mounted.py", "events.py"} <= names
