@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::thread;
@@ -72,6 +72,8 @@ struct Control {
     next_token: u64,
     /// A thread is waiting to take the gate.
     standby: bool,
+    /// Until when the standby watches eagerly (see `stand_by`); set by takeovers.
+    eager_until: Option<Instant>,
     /// The standby saw the leader parked and waits on `standby_cv` for it to wake.
     standby_sleeping: bool,
     /// Threads waiting in `idle_cv` for a role.
@@ -102,7 +104,17 @@ pub struct Dispatcher<J: Job> {
     gate_notify: tokio::sync::Notify,
     /// The runtime, for a leader that must drive it from inside a call.
     rt: Mutex<Option<Arc<tokio::runtime::Runtime>>>,
+    /// Counts application calls started by leaders (the lazy standby's clock).
+    job_seq: AtomicU64,
 }
+
+/// How often a lazy standby looks at the leader; a call running this long (one to two
+/// ticks) gets the standby waiting for the gate.
+const LAZY_TICK: Duration = Duration::from_millis(1);
+/// Ticks of a parked leader after which a lazy standby sleeps until woken.
+const LAZY_IDLE_TICKS: u32 = 100;
+/// How long the standby stays eager after a takeover.
+const EAGER_AFTER_TAKEOVER: Duration = Duration::from_millis(200);
 
 thread_local! {
     static LEADER_TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -117,6 +129,7 @@ impl<J: Job> Dispatcher<J> {
                 leader_token: 0,
                 next_token: 1,
                 standby: false,
+                eager_until: None,
                 standby_sleeping: false,
                 idle: 0,
                 summoned: 0,
@@ -135,6 +148,7 @@ impl<J: Job> Dispatcher<J> {
             gate_wanted: AtomicUsize::new(0),
             gate_notify: tokio::sync::Notify::new(),
             rt: Mutex::new(None),
+            job_seq: AtomicU64::new(0),
         })
     }
 
@@ -412,21 +426,79 @@ impl<J: Job> Dispatcher<J> {
         }
     }
 
-    /// The standby: wait for the gate; if the leader is stuck in an application call,
-    /// take over the runtime.
+    /// The standby: watch the leader; if it is stuck in an application call, take over
+    /// the runtime.
+    ///
+    /// Two ways of watching, chosen by what the load needs:
+    /// - *eager*, after a takeover (a blocking workload): wait for the gate itself. A call
+    ///   that blocks releases it, so the standby takes over at once; a leader that keeps
+    ///   the gate is interrupted by the interpreter's switch interval (5 ms).
+    /// - *lazy*, when calls have not blocked for a while (a fast workload): look at the
+    ///   leader every millisecond without touching the gate, and only wait for the gate
+    ///   when the same call has been running for a whole tick. The fast path then pays
+    ///   nothing: no gate hand-offs when the leader parks and wakes, and no forced
+    ///   switches every 5 ms.
     fn stand_by(&self) -> Role {
         self.gate.release();
+        let mut last_seq = u64::MAX;
+        let mut idle_ticks = 0u32;
         loop {
+            let eager = {
+                let mut c = self.control.lock();
+                if c.stopping {
+                    c.standby = false;
+                    drop(c);
+                    self.gate.acquire();
+                    return Role::Stop;
+                }
+                c.eager_until.is_some_and(|t| Instant::now() < t)
+            };
+            if !eager {
+                // Lazy: tick until the leader looks stuck (or is gone).
+                let mut c = self.control.lock();
+                loop {
+                    if c.stopping || c.leader == LeaderState::Absent {
+                        break;
+                    }
+                    let seq = self.job_seq.load(Ordering::Acquire);
+                    if c.leader == LeaderState::App && seq == last_seq {
+                        break;
+                    }
+                    last_seq = if c.leader == LeaderState::App {
+                        seq
+                    } else {
+                        u64::MAX
+                    };
+                    if c.leader == LeaderState::Parked {
+                        idle_ticks = idle_ticks.saturating_add(1);
+                    } else {
+                        idle_ticks = 0;
+                    }
+                    if idle_ticks > LAZY_IDLE_TICKS {
+                        // Long idle: sleep until the leader wakes up (it notifies).
+                        c.standby_sleeping = true;
+                        while c.standby_sleeping && !c.stopping && c.leader == LeaderState::Parked {
+                            self.standby_cv.wait(&mut c);
+                        }
+                        c.standby_sleeping = false;
+                        idle_ticks = 0;
+                    } else {
+                        self.standby_cv.wait_for(&mut c, LAZY_TICK);
+                    }
+                }
+            }
             self.gate.acquire();
             let mut c = self.control.lock();
             if c.stopping {
                 c.standby = false;
                 return Role::Stop;
             }
+            let still_eager = c.eager_until.is_some_and(|t| Instant::now() < t);
             match c.leader {
                 LeaderState::App | LeaderState::Absent => {
                     // The leader blocks the loop (or there is none): take over.
                     c.standby = false;
+                    c.eager_until = Some(Instant::now() + EAGER_AFTER_TAKEOVER);
                     Self::become_leader(&mut c);
                     drop(c);
                     // If the interpreter forced the switch, the old leader is not blocked
@@ -439,7 +511,7 @@ impl<J: Job> Dispatcher<J> {
                     self.gate.acquire();
                     return Role::Leader;
                 }
-                LeaderState::Parked => {
+                LeaderState::Parked if still_eager => {
                     // Nothing runs; sleep until the leader wakes up.
                     c.standby_sleeping = true;
                     drop(c);
@@ -450,10 +522,12 @@ impl<J: Job> Dispatcher<J> {
                     }
                     c.standby_sleeping = false;
                 }
-                LeaderState::Io => {
-                    // A periodic gate yield or a forced switch: hand the gate back.
+                _ => {
+                    // A gate lent by a busy leader, a forced switch, or a lazy check that
+                    // found the call finished: hand the gate back.
                     drop(c);
                     self.gate.release();
+                    last_seq = u64::MAX;
                     thread::yield_now();
                 }
             }
@@ -502,6 +576,7 @@ impl<J: Job> Dispatcher<J> {
                     job
                 };
                 let Some(job) = job else { break };
+                self.job_seq.fetch_add(1, Ordering::Release);
                 self.control.lock().leader = LeaderState::App;
                 job.run();
                 let mut c = self.control.lock();
