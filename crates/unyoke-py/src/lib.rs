@@ -111,6 +111,16 @@ impl Engine {
         self.inner.shutdown(Duration::from_secs_f64(grace));
     }
 
+    /// The application calls running now, longest first, as `(seconds, request)`
+    /// pairs: what a stuck worker is stuck on.
+    fn running_calls(&self) -> Vec<(f64, String)> {
+        self.inner
+            .running_calls()
+            .into_iter()
+            .map(|(d, s)| (d.as_secs_f64(), s))
+            .collect()
+    }
+
     /// Counters: open_connections, requests_in_flight, requests_total, bytes_in,
     /// bytes_out, threads, responses_by_class (index 0: none sent, 1: 1xx … 5: 5xx),
     /// duration_buckets (per bucket, the last +Inf), duration_bucket_bounds (seconds),

@@ -43,7 +43,20 @@ pub trait Gate: Send + Sync + 'static {
 pub trait Job: Send + 'static {
     /// Runs the job.
     fn run(self);
+    /// What the job works on, for reports of calls that run long.
+    fn subject(&self) -> Option<Arc<dyn Subject>> {
+        None
+    }
 }
+
+/// Something a running job can be described by (e.g. its request line).
+pub trait Subject: Send + Sync {
+    /// A one-line description.
+    fn describe(&self) -> String;
+}
+
+/// What each dispatch thread runs now: when it started, and on what.
+type RunningSlot = Mutex<Option<(Instant, Arc<dyn Subject>)>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -106,6 +119,9 @@ pub struct Dispatcher<J: Job> {
     rt: Mutex<Option<Arc<tokio::runtime::Runtime>>>,
     /// Counts application calls started by leaders (the lazy standby's clock).
     job_seq: AtomicU64,
+    /// One slot per dispatch thread (by index), for [`Dispatcher::running`].
+    running: Vec<RunningSlot>,
+    next_slot: AtomicUsize,
 }
 
 /// How often a lazy standby looks at the leader; a call running this long (one to two
@@ -118,6 +134,8 @@ const EAGER_AFTER_TAKEOVER: Duration = Duration::from_millis(200);
 
 thread_local! {
     static LEADER_TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// This dispatch thread's slot in `Dispatcher::running`.
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 impl<J: Job> Dispatcher<J> {
@@ -149,6 +167,10 @@ impl<J: Job> Dispatcher<J> {
             gate_notify: tokio::sync::Notify::new(),
             rt: Mutex::new(None),
             job_seq: AtomicU64::new(0),
+            running: (0..max_threads.max(2) * 2)
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next_slot: AtomicUsize::new(0),
         })
     }
 
@@ -174,6 +196,31 @@ impl<J: Job> Dispatcher<J> {
             }
         }
         waker.wake();
+    }
+
+    /// The application calls running now, with how long they have run, longest first.
+    pub fn running(&self) -> Vec<(Duration, String)> {
+        let now = Instant::now();
+        let mut calls: Vec<(Duration, String)> = self
+            .running
+            .iter()
+            .filter_map(|s| {
+                s.lock()
+                    .as_ref()
+                    .map(|(t, subj)| (now - *t, subj.describe()))
+            })
+            .collect();
+        calls.sort_by_key(|c| std::cmp::Reverse(c.0));
+        calls
+    }
+
+    fn slot(&self) -> Option<&RunningSlot> {
+        let mut i = SLOT.with(|s| s.get());
+        if i == usize::MAX {
+            i = self.next_slot.fetch_add(1, Ordering::Relaxed);
+            SLOT.with(|s| s.set(i));
+        }
+        self.running.get(i)
     }
 
     /// Number of dispatch threads alive.
@@ -578,7 +625,14 @@ impl<J: Job> Dispatcher<J> {
                 let Some(job) = job else { break };
                 self.job_seq.fetch_add(1, Ordering::Release);
                 self.control.lock().leader = LeaderState::App;
+                let slot = self.slot();
+                if let (Some(slot), Some(subject)) = (slot, job.subject()) {
+                    *slot.lock() = Some((Instant::now(), subject));
+                }
                 job.run();
+                if let Some(slot) = slot {
+                    *slot.lock() = None;
+                }
                 let mut c = self.control.lock();
                 if c.leader_token != my_token {
                     // Another thread took over the runtime while this call blocked. Wakes

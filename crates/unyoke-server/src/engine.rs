@@ -223,7 +223,29 @@ pub(crate) struct Task<H: Handler> {
     item: WorkItem<H>,
 }
 
+impl<S: Send + 'static> crate::dispatch::Subject for Exchange<S> {
+    fn describe(&self) -> String {
+        let h = &self.head;
+        format!(
+            "{} {} {} from {:?}",
+            String::from_utf8_lossy(h.method()),
+            String::from_utf8_lossy(h.target()),
+            h.version.as_str(),
+            self.conn.peer
+        )
+    }
+}
+
 impl<H: Handler> Job for Task<H> {
+    fn subject(&self) -> Option<Arc<dyn crate::dispatch::Subject>> {
+        match &self.item {
+            WorkItem::Call(ex) | WorkItem::Resume(ex) => {
+                Some(Arc::clone(ex) as Arc<dyn crate::dispatch::Subject>)
+            }
+            _ => None,
+        }
+    }
+
     fn run(self) {
         match &self.item {
             WorkItem::Call(ex) => self.handler.call(ex),
@@ -424,6 +446,12 @@ impl<H: Handler> Engine<H> {
         if grace.is_zero() {
             self.shared.finish();
         }
+    }
+
+    /// The application calls running now (age, request), longest first: what a stuck
+    /// worker is stuck on.
+    pub fn running_calls(&self) -> Vec<(Duration, String)> {
+        self.shared.dispatcher.running()
     }
 
     /// Current counters.
