@@ -13,9 +13,9 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from . import config, importer, logs, serving
+from . import config, importer, logs, serving, supervisor
 from .errors import ConfigError, StartupError
 from .listeners import open_listeners
 
@@ -90,6 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    if supervisor.needs_supervisor(values):
+        return _supervise(arguments.app, values)
     try:
         app = importer.import_app(arguments.app, factory=values["factory"])
         values["mounts"] = importer.resolve_mounts(values["mounts"])
@@ -113,6 +115,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # The engine refused a setting or a socket; its message says which.
         return _fail(f"cannot start: {error}")
     return 0
+
+
+def _supervise(reference: str, values: Dict[str, Any]) -> int:
+    """Worker processes under a supervisor (supervisor.py); without ``preload`` each worker
+    imports the application, so the supervisor never holds the application's code."""
+
+    def import_app() -> Any:
+        return importer.import_app(reference, factory=values["factory"])
+
+    load_app: Callable[[], Any] = import_app
+    if values["preload"]:
+        try:
+            app = import_app()
+            values["mounts"] = importer.resolve_mounts(values["mounts"])
+        except StartupError as error:
+            return _fail(str(error))
+        except Exception:
+            traceback.print_exc()
+            return _fail(f"loading the application {reference!r} failed (traceback above)")
+
+        def preloaded() -> Any:
+            return app
+
+        load_app = preloaded
+    logs.enable()
+    try:
+        listeners = open_listeners(values)
+        return supervisor.Supervisor(load_app, listeners, values, preloaded=values["preload"]).run()
+    except StartupError as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return 130
 
 
 def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:

@@ -72,6 +72,8 @@ class Setting:
     not_yet: str = ""
     #: Extra check of a value already of the right kind; raises ``ValueError(problem)``.
     check: Optional[Callable[[Any], None]] = None
+    #: Words accepted for a value, as ``(word, value)``: ``--workers auto`` is 0.
+    words: Tuple[Tuple[str, Any], ...] = ()
 
     @property
     def flag(self) -> str:
@@ -185,6 +187,12 @@ def _check_networks(value: Sequence[str]) -> None:
             ) from None
 
 
+def _check_metrics(value: str) -> None:
+    address = parse_bind(value)
+    if address.kind != "tcp":
+        raise ValueError(f"expected HOST:PORT (a TCP address), got {value!r}")
+
+
 _NETWORK = "Listening"
 _PROCESS = "Workers and threads"
 _LIMITS = "Request limits"
@@ -258,10 +266,67 @@ SETTINGS: Tuple[Setting, ...] = (
         "int",
         1,
         unit="processes",
-        minimum=1,
+        minimum=0,
         maximum=1024,
-        not_yet="only 1 worker process is implemented so far",
-        help="Worker processes, each with its own engine and copy of the application.",
+        words=(("auto", 0),),
+        help="Worker processes, each with its own engine and copy of the application, "
+        "sharing the listening sockets (0 or auto: one per core). Above 1, a supervisor "
+        "process binds the sockets, forks the workers and restarts one that dies; SIGHUP "
+        "reloads them, SIGTTIN and SIGTTOU add and remove one (docs/deployment.md).",
+    ),
+    Setting(
+        "max_requests",
+        _PROCESS,
+        "int",
+        0,
+        unit="requests",
+        minimum=0,
+        maximum=MAX_INT,
+        help="Requests a worker serves before it stops gracefully and is replaced (0 = no "
+        "limit); a leak in the application then costs a restart, not the machine. Runs "
+        "under a supervisor.",
+    ),
+    Setting(
+        "max_requests_jitter",
+        _PROCESS,
+        "int",
+        0,
+        unit="requests",
+        minimum=0,
+        maximum=MAX_INT,
+        help="Random number of requests, from -J to +J, added to max_requests for each "
+        "worker, so that workers do not all restart at once.",
+    ),
+    Setting(
+        "worker_timeout",
+        _PROCESS,
+        "float",
+        0.0,
+        unit="seconds",
+        minimum=0.0,
+        maximum=MAX_SECONDS,
+        help="Longest an application call may run (0 = no limit): the supervisor logs the "
+        "request of an older one and kills and replaces its worker (the requests in flight "
+        "in that worker are lost). A worker silent this long is killed too.",
+    ),
+    Setting(
+        "preload",
+        _PROCESS,
+        "bool",
+        False,
+        python=False,
+        help="Import the application once in the supervisor, before the workers are forked "
+        "(less memory, shared start-up work; SIGHUP then restarts workers with the same "
+        "code).",
+    ),
+    Setting(
+        "reload",
+        _PROCESS,
+        "bool",
+        False,
+        python=False,
+        help="For development: restart the workers when a .py file under the current "
+        "directory changes (polled every second).",
     ),
     Setting(
         "threads",
@@ -573,6 +638,19 @@ SETTINGS: Tuple[Setting, ...] = (
         help="PEM file of the certificate authorities of client certificates; with it, "
         "every TLS client must present a certificate they signed. Needs certfile.",
     ),
+    Setting(
+        "metrics",
+        _LOGGING,
+        "str",
+        None,
+        metavar="HOST:PORT",
+        none_means="off",
+        check=_check_metrics,
+        help="Serve Prometheus metrics (text format, any path) on this TCP address from the "
+        "supervisor, summed over the workers: requests by status class, in flight, open "
+        "connections, request durations, bytes in and out, worker restarts. Reported by "
+        "each worker every half second. Runs under a supervisor.",
+    ),
     # Proxies and networks
     Setting(
         "origins",
@@ -595,6 +673,15 @@ SETTINGS: Tuple[Setting, ...] = (
         help="Proxies whose Forwarded, X-Forwarded-For and X-Forwarded-Proto headers are "
         "believed, comma-separated CIDRs: from them, REMOTE_ADDR and wsgi.url_scheme come "
         "from those headers. Empty: nobody's.",
+    ),
+    Setting(
+        "proxy_protocol",
+        _PROXY,
+        "bool",
+        False,
+        help="Expect a PROXY protocol header (v1 or v2, as HAProxy, nginx and cloud load "
+        "balancers send) at the start of every connection; the client address it carries "
+        "becomes REMOTE_ADDR. A connection without one is closed.",
     ),
 )
 
@@ -653,6 +740,9 @@ def _coerce(setting: Setting, value: Any) -> Any:
             raise ValueError(f"expected True or False, got {value!r}")
         result = value
     elif kind == "int":
+        for word, meaning in setting.words:
+            if isinstance(value, str) and value.lower() == word:
+                value = meaning
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected a whole number, got {value!r} ({_type_name(value)})")
         result = _in_range(setting, value)
@@ -765,6 +855,9 @@ def _argument_type(setting: Setting) -> Callable[[str], Any]:
     """Turn a flag's text into a value of the setting's kind (range checks come later)."""
 
     def parse_int(text: str) -> int:
+        for word, meaning in setting.words:
+            if text.lower() == word:
+                return int(meaning)
         try:
             return int(text, 10)
         except ValueError:

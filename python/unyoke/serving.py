@@ -118,7 +118,23 @@ def serve(
         settings["port"] = port
     values = _settings(settings)
     logs.configure(values["log_level"])
-    serve_listeners(app, open_listeners(values), values)
+    _serve_any(app, open_listeners(values), values)
+
+
+def _serve_any(app: WSGIApp, listeners: List[Listener], values: Dict[str, Any]) -> None:
+    """One process, or worker processes forked with ``app`` already loaded."""
+    from . import supervisor
+
+    if not supervisor.needs_supervisor(values):
+        serve_listeners(app, listeners, values)
+        return
+
+    def load_app() -> WSGIApp:
+        return app
+
+    code = supervisor.Supervisor(load_app, listeners, values, preloaded=True).run()
+    if code:
+        raise StartupError("no worker could start (see the log)")
 
 
 def server(sock: socket.socket, app: WSGIApp, **settings: Any) -> None:
@@ -135,7 +151,7 @@ def server(sock: socket.socket, app: WSGIApp, **settings: Any) -> None:
     logs.configure(values["log_level"])
     listener = listener_from_socket(sock)
     try:
-        serve_listeners(app, [listener], values)
+        _serve_any(app, [listener], values)
     finally:
         sock.close()
 
@@ -168,6 +184,15 @@ class Server:
         self.app = app
         #: Every setting, validated, defaults filled in.
         self.settings = _settings(settings)
+        from . import supervisor
+
+        if supervisor.needs_supervisor(self.settings):
+            raise ConfigError(
+                "workers",
+                "Server() runs in a thread of this process; worker processes and their "
+                "options (max_requests, worker_timeout, metrics) need serve() or the unyoke "
+                "command",
+            )
         #: Where it listens once started: ``["127.0.0.1:8000", "unix:/run/app.sock"]``.
         self.addresses: List[str] = []
         #: The TCP port of the first TCP listener (the real one when port 0 was asked for).

@@ -51,6 +51,13 @@ EXPECTED_DEFAULTS = {
     "on_connect": None,
     "on_disconnect": None,
     "factory": False,
+    "max_requests": 0,
+    "max_requests_jitter": 0,
+    "worker_timeout": 0.0,
+    "preload": False,
+    "reload": False,
+    "metrics": None,
+    "proxy_protocol": False,
 }
 
 
@@ -213,16 +220,10 @@ def test_certfile_and_keyfile_go_together(tmp_path: Path) -> None:
     assert config.validate({"certfile": cert, "keyfile": key, "ca_certs": cert})["ca_certs"]
 
 
-@pytest.mark.parametrize(
-    ("given", "message"),
-    [
-        ({"workers": 2}, "workers: only 1 worker process is implemented so far"),
-    ],
-)
-def test_not_implemented_yet(given: dict[str, Any], message: str) -> None:
-    values = config.validate(given)
-    with pytest.raises(ConfigError, match=message):
-        config.check_supported(values)
+def test_workers_auto() -> None:
+    assert config.validate({"workers": "auto"})["workers"] == 0
+    assert config.validate({"workers": 4})["workers"] == 4
+    config.check_supported(config.validate({"workers": 4, "max_requests": 10}))
 
 
 def test_defaults_are_supported() -> None:
