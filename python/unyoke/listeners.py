@@ -59,10 +59,31 @@ class Listener:
         return (self.sock.fileno(), self.kind, self.display)
 
 
+#: The first file descriptor systemd passes (SD_LISTEN_FDS_START).
+LISTEN_FDS_START = 3
+
+
+def systemd_listen_fds() -> List[int]:
+    """The sockets systemd passed to this process (``LISTEN_FDS``, for ``LISTEN_PID``).
+
+    As sd_listen_fds(3) does, the variables are removed once read, so that a process this
+    one starts does not take the sockets for its own.
+    """
+    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    return list(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)))
+
+
 def addresses_to_bind(settings: Mapping[str, Any]) -> List[BindAddress]:
-    """The ``bind`` addresses, or ``host``/``port`` when there are none."""
+    """The ``bind`` addresses; else the sockets systemd passed; else ``host``/``port``."""
     if settings["bind"]:
         return [parse_bind(spec) for spec in settings["bind"]]
+    activated = systemd_listen_fds()
+    if activated:
+        return [BindAddress(kind="fd", fd=fd) for fd in activated]
     return [BindAddress(kind="tcp", host=settings["host"], port=settings["port"])]
 
 
