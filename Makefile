@@ -20,14 +20,17 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # Debian packages the tests need, as "command:package" (chromium: the browser test of
-# examples/clock_sse.py). Installed with apt-get when the command is missing and we are root.
-APT_NEEDS := chromium:chromium
+# examples/clock_sse.py; nginx and its stream module, named by its file: tests/e2e/test_nginx.py).
+# Installed with apt-get when the command (or file) is missing and we are root.
+APT_NEEDS := chromium:chromium nginx:nginx \
+	/usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
 
 .PHONY: deps
 deps: ## Install what the tests need (requirements-test.txt, Debian packages in APT_NEEDS)
 	$(PIP) install -r requirements-test.txt
 	@missing=""; for need in $(APT_NEEDS); do \
-	    command -v "$${need%%:*}" >/dev/null 2>&1 || missing="$$missing $${need#*:}"; \
+	    [ -e "$${need%%:*}" ] || command -v "$${need%%:*}" >/dev/null 2>&1 \
+	        || missing="$$missing $${need#*:}"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
