@@ -198,11 +198,6 @@ def proxy_v2(source: str, source_port: int, dest: str, dest_port: int) -> bytes:
     return signature + b"\x21" + bytes([family]) + len(payload).to_bytes(2, "big") + payload
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the engine does not read the proxy_protocol setting from Python yet "
-    "(crates/unyoke-py/src/settings.rs)",
-)
 def test_proxy_protocol_v1_and_v2(servers, tmp_path: Path) -> None:
     server = start(servers, tmp_path, "--proxy-protocol")
     v1 = b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 8000\r\n"

@@ -383,6 +383,7 @@ def test_sleep_parks_the_generator_and_returns_an_empty_bytes(server):
     assert report["op_value"] == "b''"
     assert report["result"] is None
     assert report["exception"] is None
+    assert report["timed_out"] is False
 
 
 def test_sleeping_generators_do_not_hold_threads(servers):

@@ -198,10 +198,6 @@ def test_untrusted_proxy_headers_are_ignored_behind_nginx(
     assert (got["REMOTE_ADDR"], got["wsgi.url_scheme"]) == ("127.0.0.1", "http")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the engine does not read the proxy_protocol setting from Python yet",
-)
 def test_proxy_protocol_from_nginx_stream(servers, nginx_factory, tmp_path: Path) -> None:
     if not stream_module_available():
         pytest.skip("nginx has no stream module (Debian: libnginx-mod-stream)")

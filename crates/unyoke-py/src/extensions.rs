@@ -389,6 +389,8 @@ pub fn deliver(
     timed_out: bool,
 ) -> PyResult<()> {
     let _ = environ.del_item("unyoke.exception");
+    // Only a wait can time out; a sleep ending on time is its success.
+    let timed_out = timed_out && matches!(pending, Pending::Wait(_));
     environ.set_item("unyoke.timed_out", timed_out)?;
     match pending {
         Pending::Sleep => environ.set_item("unyoke.result", py.None())?,

@@ -83,13 +83,8 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
         c.responseless_timeout = Some(seconds(d, "responseless_timeout", 0.0)?);
     }
     c.maximum_simultaneous_requests = get(d, "maximum_simultaneous_requests", 0usize)?;
-    let origins: Vec<String> = get(d, "origins", Vec::new())?;
-    c.origins = origins
-        .iter()
-        .map(|o| {
-            Network::parse(o).map_err(|e| PyValueError::new_err(format!("setting origins: {e}")))
-        })
-        .collect::<PyResult<_>>()?;
+    c.origins = networks(d, "origins")?;
+    c.proxy_protocol = get(d, "proxy_protocol", false)?;
     let certfile: Option<String> = get(d, "certfile", None)?;
     let keyfile: Option<String> = get(d, "keyfile", None)?;
     let ca_certs: Option<String> = get(d, "ca_certs", None)?;

@@ -36,19 +36,40 @@ enum Spec {
     Float(usize),
 }
 
-/// What one log line is made of.
+/// What one log line is made of (borrowed: rendering allocates nothing).
 #[derive(Debug)]
 pub struct Entry<'a> {
-    /// The client's address (and X-Forwarded-For, when configured).
-    pub client_ip: &'a str,
-    /// `METHOD target HTTP/x.y` as received.
-    pub request_line: &'a [u8],
+    /// X-Forwarded-For to show before the client's address, if any.
+    pub forwarded_for: Option<&'a [u8]>,
+    /// The client's address (None: a UNIX socket peer).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The request method, target and version, as received.
+    pub method: &'a [u8],
+    /// The request target.
+    pub target: &'a [u8],
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub version: &'a str,
     /// The response status.
     pub status: u16,
     /// Body bytes sent.
     pub body_length: u64,
     /// Seconds from request head to response end.
     pub wall_seconds: f64,
+}
+
+/// Appends the decimal digits of `n` (integer formatting without the fmt machinery).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 impl LogFormat {
@@ -119,20 +140,51 @@ impl LogFormat {
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
-                Part::Field(field, spec) => {
-                    let _ = match (field, spec) {
-                        (Field::ClientIp, _) => out.write_all(e.client_ip.as_bytes()),
-                        (Field::DateTime, _) => out.write_all(date.as_bytes()),
-                        (Field::RequestLine, _) => out.write_all(e.request_line),
-                        (Field::StatusCode, _) => write!(out, "{}", e.status),
-                        (Field::BodyLength, _) => write!(out, "{}", e.body_length),
-                        (Field::WallSeconds, Spec::Float(p)) => {
-                            write!(out, "{:.*}", *p, e.wall_seconds)
+                Part::Field(field, spec) => match (field, spec) {
+                    (Field::ClientIp, _) => {
+                        if let Some(xff) = e.forwarded_for {
+                            out.extend(xff.iter().filter(|&&b| b != b' '));
+                            out.push(b',');
                         }
-                        (Field::WallSeconds, Spec::Int) => write!(out, "{}", e.wall_seconds as u64),
-                        (Field::WallSeconds, Spec::Str) => write!(out, "{}", e.wall_seconds),
-                    };
-                }
+                        match e.client_ip {
+                            Some(ip) => {
+                                let _ = write!(out, "{ip}");
+                            }
+                            None => out.extend_from_slice(b"unix"),
+                        }
+                    }
+                    (Field::DateTime, _) => out.extend_from_slice(date.as_bytes()),
+                    (Field::RequestLine, _) => {
+                        out.extend_from_slice(e.method);
+                        out.push(b' ');
+                        out.extend_from_slice(e.target);
+                        out.push(b' ');
+                        out.extend_from_slice(e.version.as_bytes());
+                    }
+                    (Field::StatusCode, _) => push_u64(out, u64::from(e.status)),
+                    (Field::BodyLength, _) => push_u64(out, e.body_length),
+                    (Field::WallSeconds, Spec::Float(p)) => {
+                        // Fixed point by hand: whole seconds, then `p` decimals.
+                        let scale = 10u64.pow((*p).min(9) as u32);
+                        let total = (e.wall_seconds.max(0.0) * scale as f64).round() as u64;
+                        push_u64(out, total / scale);
+                        if *p > 0 {
+                            out.push(b'.');
+                            let frac = total % scale;
+                            let mut digits = [b'0'; 9];
+                            let mut f = frac;
+                            for d in digits[..(*p).min(9)].iter_mut().rev() {
+                                *d = b'0' + (f % 10) as u8;
+                                f /= 10;
+                            }
+                            out.extend_from_slice(&digits[..(*p).min(9)]);
+                        }
+                    }
+                    (Field::WallSeconds, Spec::Int) => push_u64(out, e.wall_seconds as u64),
+                    (Field::WallSeconds, Spec::Str) => {
+                        let _ = write!(out, "{}", e.wall_seconds);
+                    }
+                },
             }
         }
         out.push(b'\n');
@@ -161,7 +213,7 @@ impl AccessLog {
     pub(crate) fn log(&self, e: &Entry<'_>) {
         let date = self.date_time();
         let mut buf = self.buf.lock();
-        self.format.render(&mut buf, e, &date);
+        self.format.render(&mut buf, e, &date.1);
         if buf.len() >= FLUSH_AT {
             let data = std::mem::take(&mut *buf);
             drop(buf);
@@ -180,7 +232,8 @@ impl AccessLog {
         write_stderr(&data);
     }
 
-    fn date_time(&self) -> String {
+    /// The cached `[date_time]` text, re-formatted when the second changes.
+    fn date_time(&self) -> parking_lot::MutexGuard<'_, (u64, String)> {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -189,7 +242,7 @@ impl AccessLog {
         if d.0 != secs {
             *d = (secs, format_log_date(secs));
         }
-        d.1.clone()
+        d
     }
 }
 
@@ -207,4 +260,66 @@ fn format_log_date(secs: u64) -> String {
         return String::new();
     }
     format!("{}/{}/{} {}", &s[5..7], &s[8..11], &s[12..16], &s[17..25])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(format: &str, e: &Entry<'_>) -> String {
+        let mut out = Vec::new();
+        LogFormat::parse(format)
+            .unwrap()
+            .render(&mut out, e, "22/Nov/2026 20:47:59");
+        String::from_utf8(out).unwrap()
+    }
+
+    fn entry(wall: f64) -> Entry<'static> {
+        Entry {
+            forwarded_for: None,
+            client_ip: Some("127.0.0.1".parse().unwrap()),
+            method: b"GET",
+            target: b"/a?b=1",
+            version: "HTTP/1.1",
+            status: 200,
+            body_length: 13,
+            wall_seconds: wall,
+        }
+    }
+
+    #[test]
+    fn eventlet_default_format() {
+        let f = "%(client_ip)s - - [%(date_time)s] \"%(request_line)s\" %(status_code)s %(body_length)s %(wall_seconds).6f";
+        assert_eq!(
+            render(f, &entry(0.0001775)),
+            "127.0.0.1 - - [22/Nov/2026 20:47:59] \"GET /a?b=1 HTTP/1.1\" 200 13 0.000178\n"
+        );
+        assert_eq!(
+            render("%(wall_seconds).2f %(wall_seconds)d", &entry(12.345)),
+            "12.35 12\n"
+        );
+        assert_eq!(render("%(wall_seconds).0f|%%", &entry(2.6)), "3|%\n");
+    }
+
+    #[test]
+    fn forwarded_for_and_unix_peers() {
+        let mut e = entry(0.0);
+        e.forwarded_for = Some(b"10.0.0.1, 10.0.0.2");
+        assert_eq!(render("%(client_ip)s", &e), "10.0.0.1,10.0.0.2,127.0.0.1\n");
+        e.forwarded_for = None;
+        e.client_ip = None;
+        assert_eq!(render("%(client_ip)s", &e), "unix\n");
+    }
+
+    #[test]
+    fn bad_formats_are_refused() {
+        for bad in [
+            "%(nope)s",
+            "%(status_code)",
+            "%(status_code)s %x",
+            "%(date_time",
+        ] {
+            assert!(LogFormat::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

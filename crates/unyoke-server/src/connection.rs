@@ -284,7 +284,11 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 let ready = tokio::select! {
                     biased;
                     r = timeout_at(until, std::future::poll_fn(|cx| io.poll_read_ready(cx))) => r,
-                    _ = stop.notified() => return HeadOutcome::Close,
+                    // A connection that has not sent its first request yet may be one the
+                    // kernel queued just before the stop (a reload, a rolling restart):
+                    // it keeps its header timeout (the grace period bounds it anyway) and
+                    // is answered with `Connection: close`. Idle keep-alive connections close now.
+                    _ = stop.notified(), if !first => return HeadOutcome::Close,
                 };
                 match ready {
                     Ok(Ok(())) => {}
@@ -296,7 +300,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             let read = tokio::select! {
                 biased;
                 r = timeout_at(until, self.io.read_buf(&mut self.buf)) => r,
-                _ = stop.notified(), if idle => return HeadOutcome::Close,
+                _ = stop.notified(), if idle && !first => return HeadOutcome::Close,
             };
             match read {
                 Err(_) => {
@@ -865,31 +869,20 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         writer: &BodyWriter,
     ) {
         let head = &ex.head;
-        let mut line = Vec::with_capacity(head.method().len() + head.target().len() + 10);
-        line.extend_from_slice(head.method());
-        line.push(b' ');
-        line.extend_from_slice(head.target());
-        line.push(b' ');
-        line.extend_from_slice(head.version.as_str().as_bytes());
-        let mut ip = match &self.info.peer {
-            PeerAddr::Tcp(a) => a.ip().to_string(),
-            PeerAddr::Unix(_) => "unix".to_string(),
+        let forwarded_for = if self.shared.config.log_x_forwarded_for {
+            head.header(b"x-forwarded-for").filter(|v| !v.is_empty())
+        } else {
+            None
         };
-        if self.shared.config.log_x_forwarded_for {
-            if let Some(xff) = head.header(b"x-forwarded-for") {
-                let xff: String = xff
-                    .iter()
-                    .filter(|b| **b != b' ')
-                    .map(|&b| b as char)
-                    .collect();
-                if !xff.is_empty() {
-                    ip = format!("{xff},{ip}");
-                }
-            }
-        }
         log.log(&Entry {
-            client_ip: &ip,
-            request_line: &line,
+            forwarded_for,
+            client_ip: match &self.info.peer {
+                PeerAddr::Tcp(a) => Some(a.ip()),
+                PeerAddr::Unix(_) => None,
+            },
+            method: head.method(),
+            target: head.target(),
+            version: head.version.as_str(),
             status: writer.status,
             body_length: writer.sent,
             wall_seconds: ex.started.elapsed().as_secs_f64(),
