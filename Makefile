@@ -78,6 +78,10 @@ test-rust: ## Rust tests of the workspace
 test-py: ## Python tests (pytest: unit and end to end); needs `make install` first
 	$(PYTHON) -m pytest
 
+.PHONY: bench
+bench: ## Benchmark suite against the peer servers (benchmarks/README.md; ~40 min, not a test)
+	$(MAKE) -C benchmarks all
+
 .PHONY: test
 test: ## Everything CI runs: deps, install, lint, test-rust, test-py
 	$(MAKE) deps

@@ -30,9 +30,13 @@ __all__ = [
     "__version__",
     "serve",
     "server",
+    "signal",
 ]
 
 _SERVING = ("Server", "WSGIApp", "serve", "server")
+# Coroutine-operation helpers usable outside a request (e.g. `unyoke.signal` from a
+# background thread), from the extension module.
+_EXTENSION = ("signal",)
 
 
 def __getattr__(name: str) -> Any:
@@ -42,4 +46,8 @@ def __getattr__(name: str) -> Any:
         from . import serving
 
         return getattr(serving, name)
+    if name in _EXTENSION:
+        from . import _unyoke
+
+        return getattr(_unyoke, name)
     raise AttributeError(f"module 'unyoke' has no attribute {name!r}")

@@ -26,7 +26,7 @@ EXPECTED_DEFAULTS = {
     "inbuf_overflow": 524288,
     "header_timeout": 10.0,
     "inactivity_timeout": 60.0,
-    "keepalive_timeout": 5.0,
+    "keepalive_timeout": 75.0,
     "responseless_timeout": 0.0,
     "maximum_simultaneous_requests": 0,
     "max_size": 10000,

@@ -55,7 +55,7 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
     c.limits.max_request_body_size =
         get(d, "max_request_body_size", c.limits.max_request_body_size)?;
     c.header_timeout = seconds(d, "header_timeout", 10.0)?;
-    c.keepalive_timeout = seconds(d, "keepalive_timeout", 5.0)?;
+    c.keepalive_timeout = seconds(d, "keepalive_timeout", 75.0)?;
     c.inactivity_timeout = seconds(d, "inactivity_timeout", 60.0)?;
     c.max_size = get(d, "max_size", c.max_size)?;
     c.keepalive = get(d, "keepalive", true)?;

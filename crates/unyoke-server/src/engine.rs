@@ -124,7 +124,7 @@ impl Default for Config {
         Config {
             limits: Limits::default(),
             header_timeout: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(75),
             inactivity_timeout: Duration::from_secs(60),
             max_size: 10_000,
             keepalive: true,
