@@ -97,6 +97,57 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
     return cert, key
 
 
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_tls_client_certificates_with_ca_certs(servers, tmp_path: Path) -> None:
+    """--ca-certs: a client with a certificate signed by that CA is served; one without a
+    certificate, or with one from another CA, fails its handshake; the server goes on."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    d = tmp_path
+    for ca in ("ca", "otherca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-keyout", str(d / f"{ca}.key"), "-out", str(d / f"{ca}.pem"),
+                "-subj", f"/CN=test {ca}")  # fmt: skip
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(d / "server.key"), "-out", str(d / "server.pem"),
+            "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1")  # fmt: skip
+    # An X.509 v3 end-entity certificate for client authentication (webpki refuses v1).
+    (d / "client.ext").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    for client, ca in (("client", "ca"), ("stranger", "otherca")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{client}.key"),
+                "-out", str(d / f"{client}.csr"), "-subj", f"/CN={client}")  # fmt: skip
+        openssl("x509", "-req", "-in", str(d / f"{client}.csr"), "-CA", str(d / f"{ca}.pem"),
+                "-CAkey", str(d / f"{ca}.key"), "-CAcreateserial", "-days", "2",
+                "-extfile", str(d / "client.ext"), "-out", str(d / f"{client}.pem"))  # fmt: skip
+    server = start(servers, tmp_path, "--certfile", str(d / "server.pem"),
+                   "--keyfile", str(d / "server.key"), "--ca-certs", str(d / "ca.pem"))  # fmt: skip
+
+    def get(client: str | None) -> bytes:
+        context = ssl.create_default_context(cafile=str(d / "server.pem"))
+        if client:
+            context.load_cert_chain(str(d / f"{client}.pem"), str(d / f"{client}.key"))
+        with socket.create_connection(server.address, timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+                return data
+
+    assert get("client").startswith(b"HTTP/1.1 200")
+    for refused in (None, "stranger"):
+        # TLS 1.3 reports a refused client certificate on the first read, not the handshake.
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            data = get(refused)
+            assert not data, "served without an acceptable client certificate"
+            raise ConnectionResetError("closed without a response")
+    assert get("client").startswith(b"HTTP/1.1 200")
+
+
 def test_tls_with_curl_and_python_ssl(servers, tmp_path: Path, certificate) -> None:
     cert, key = certificate
     server = start(servers, tmp_path, "--certfile", str(cert), "--keyfile", str(key))
