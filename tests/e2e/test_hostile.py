@@ -356,3 +356,86 @@ def test_pipelined_request_after_a_rejected_one_is_never_processed(servers):
     time.sleep(0.3)
     assert "smuggled" not in server.log()
     assert server.app_calls() == 0
+
+
+# -- leaks ----------------------------------------------------------------------------------------
+
+
+def _load_soak():
+    import importlib.util
+
+    from tests.e2e.serverproc import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("unyoke_soak", REPO_ROOT / "scripts" / "soak.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_mixed_requests_rss_flat(servers):
+    """20,000 mixed requests (scripts/soak.py's mix): RSS after the first 4,000 grows by
+    less than 16 MiB (about 20-25 MiB in all here)."""
+    soak = _load_soak()
+    server = servers.start(APP, "--no-access-log")
+    samples, errors = soak.soak(server, 20_000, clients=4, sample_every=1.0, quiet=True)
+    assert not errors, errors[:5]
+    warm = [rss for _, done, rss in samples if done >= 4_000]
+    print(f"\nsoak 20,000: RSS samples (MiB) {[round(r, 1) for _, _, r in samples]}")
+    assert warm and max(warm) - warm[0] < 16, samples
+
+
+def test_no_python_object_leak_in_process():
+    """5,000 requests through an in-process unyoke.Server: after a warm-up of 1,000, the
+    count of live Python objects and the traced Python allocations stay flat."""
+    import gc
+    import tracemalloc
+
+    import unyoke
+
+    from tests.apps.misbehaving import app
+
+    def batch(address: Tuple[str, int], n: int) -> None:
+        kinds = ["/hello", "/stream?chunks=4", "/error", "/str_body", "/none", "/big?size=70000"]
+        with socket.create_connection(address, timeout=10) as sock:
+            f = sock.makefile("rb")
+            for i in range(n):
+                target = kinds[i % len(kinds)]
+                sock.sendall(build_request("GET", target))
+                status = f.readline()
+                assert status.split()[1] in (b"200", b"500"), status
+                length, chunked = None, False
+                while True:
+                    line = f.readline()
+                    if line == b"\r\n":
+                        break
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                    if name.lower() == b"transfer-encoding":
+                        chunked = True
+                if chunked:
+                    while True:
+                        size = int(f.readline().split(b";")[0], 16)
+                        f.read(size + 2)
+                        if size == 0:
+                            break
+                else:
+                    f.read(length or 0)
+
+    with unyoke.Server(app, port=0, access_log=False, log_level="critical") as running:
+        address = ("127.0.0.1", running.port)
+        batch(address, 1_000)
+        gc.collect()
+        tracemalloc.start()
+        objects_before = len(gc.get_objects())
+        traced_before = tracemalloc.get_traced_memory()[0]
+        batch(address, 4_000)
+        gc.collect()
+        objects_after = len(gc.get_objects())
+        traced_after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+    print(f"\nPython objects {objects_before} -> {objects_after}; traced "
+          f"{traced_before} -> {traced_after} bytes over 4,000 requests")
+    assert objects_after - objects_before < 500, (objects_before, objects_after)
+    assert traced_after - traced_before < 1 << 20, (traced_before, traced_after)
