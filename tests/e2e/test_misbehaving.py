@@ -123,13 +123,6 @@ def test_raise_mid_length_body_closes_short(server):
     assert_serves_again(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: once Content-Length bytes are sent the server keeps iterating the "
-    "app's iterable until it ends; an endless iterable (a stream with a wrong "
-    "Content-Length) spins a worker thread at full CPU forever, close() is never called "
-    "and nothing is logged or written to the access log",
-)
 def test_yield_after_close_is_never_iterated_again(server):
     with server.connect() as conn:
         conn.send(build_request("GET", "/yield_after_close"))
@@ -164,12 +157,6 @@ def test_content_length_more_bytes_is_cut_at_the_length(server):
     assert_serves_again(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: an app whose body is shorter than its Content-Length is cut off "
-    "(connection closed, correct) but nothing is logged: the operator never learns of "
-    "the app's mistake",
-)
 def test_content_length_fewer_bytes_is_logged(server):
     raw_exchange(server, "/cl_fewer")
     assert server.wait_for_log("Content-Length", timeout=2.0) and "/cl_fewer" in "".join(
@@ -177,11 +164,6 @@ def test_content_length_fewer_bytes_is_logged(server):
     ), server.log()[-1500:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: an app that yields more bytes than its Content-Length has them "
-    "silently dropped (correct on the wire) but nothing is logged",
-)
 def test_content_length_more_bytes_is_logged(server):
     raw_exchange(server, "/cl_more")
     time.sleep(1.0)

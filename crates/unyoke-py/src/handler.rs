@@ -315,6 +315,10 @@ impl WsgiHandler {
                 chunks.push(crate::start_response::to_bytes(b));
             }
         }
+        sr.sent += total;
+        if let Some(mistake) = sr.length_mistake() {
+            self.warn_app(ex, &mistake);
+        }
         if !sr.head_sent {
             if sr.status.is_none() {
                 return Err(pyo3::exceptions::PyAssertionError::new_err(
@@ -409,6 +413,9 @@ impl WsgiHandler {
                             return self.fail(py, ex, Some(sr), e, "sending the response");
                         }
                     }
+                    if let Some(mistake) = r.length_mistake() {
+                        self.warn_app(ex, &mistake);
+                    }
                     if !r.head_sent {
                         match r.prepare_head(Some(0)) {
                             Ok(start) => {
@@ -458,6 +465,19 @@ impl WsgiHandler {
                             }
                         }
                     }
+                    if sr.borrow().length_reached() {
+                        // The body is complete: stop iterating (an iterable that would
+                        // go on forever must not spin a thread), finish, and let close()
+                        // come with the end of the exchange.
+                        if let Some(st) = ex.state.lock().as_mut() {
+                            st.iterator = None;
+                        }
+                        if let Some(mistake) = sr.borrow().length_mistake() {
+                            self.warn_app(ex, &mistake);
+                        }
+                        ex.finish();
+                        return;
+                    }
                     if let Some(op) = op {
                         // A coroutine operation: send what came so far, then park.
                         if !coalesced.is_empty() {
@@ -489,6 +509,18 @@ impl WsgiHandler {
                 }
             }
         }
+    }
+
+    /// Logs a mistake of the application that the server worked around.
+    fn warn_app(&self, ex: &Ex, mistake: &str) {
+        Python::with_gil(|py| {
+            let msg = format!(
+                "{} {}: {mistake}",
+                String::from_utf8_lossy(ex.head.method()),
+                String::from_utf8_lossy(ex.head.target())
+            );
+            let _ = self.error_logger.bind(py).call_method1("warning", (msg,));
+        });
     }
 
     /// The application failed: log it; answer 500 if nothing was sent, else cut the

@@ -63,9 +63,43 @@ pub struct StartResponse {
     pub(crate) close: bool,
     pub(crate) head_sent: bool,
     pub(crate) framing: BodyFraming,
+    /// Body bytes the application produced so far.
+    pub(crate) sent: u64,
 }
 
 impl StartResponse {
+    /// Whether the body has all the bytes its Content-Length announced (iteration stops).
+    pub fn length_reached(&self) -> bool {
+        self.content_length.is_some_and(|cl| self.sent >= cl) && self.body_expected()
+    }
+
+    /// The application's mistake about Content-Length, if the body it produced (now
+    /// complete) does not match it.
+    pub fn length_mistake(&self) -> Option<String> {
+        let cl = self.content_length?;
+        if !self.body_expected() || self.sent == cl {
+            return None;
+        }
+        Some(if self.sent < cl {
+            format!(
+                "the application sent {} body bytes but its Content-Length says {cl}: the \
+                 connection was closed after them, so the client sees a truncated response",
+                self.sent
+            )
+        } else {
+            format!(
+                "the application produced {} body bytes but its Content-Length says {cl}: \
+                 the bytes past it were not sent",
+                self.sent
+            )
+        })
+    }
+
+    /// A body is sent for this response (not HEAD, 1xx, 204, 304).
+    fn body_expected(&self) -> bool {
+        let code = self.status.as_ref().map_or(200, |(c, _)| *c);
+        !(self.ex.head.is_head() || code < 200 || code == 204 || code == 304)
+    }
     pub fn new(ex: Arc<Exchange<ReqState>>, shared: Arc<HandlerShared>) -> Self {
         StartResponse {
             ex,
@@ -76,6 +110,7 @@ impl StartResponse {
             close: false,
             head_sent: false,
             framing: BodyFraming::NoBody,
+            sent: 0,
         }
     }
 
@@ -142,6 +177,7 @@ impl StartResponse {
         if data.as_bytes().is_empty() {
             return Ok(!self.ex.is_gone());
         }
+        self.sent += data.as_bytes().len() as u64;
         if !self.head_sent {
             self.send_head(None)?;
         }
