@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(ATTACKS), action="append")
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     failed = False
     for name in args.only or list(ATTACKS):

@@ -55,7 +55,9 @@ def one(conn: RawConnection, kind: int) -> RawConnection:
     elif kind == 18:
         conn.send(build_request("GET", "/big?size=4194304"))
         conn.sock.recv(1024)
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
         conn.close()  # reset in the middle of the response
         return RawConnection(conn_address(conn))
     else:
@@ -90,8 +92,9 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def soak(server: ServerProcess, requests: int, clients: int, sample_every: float,
-         quiet: bool = False) -> Tuple[List[Tuple[float, int, float]], List[str]]:
+def soak(
+    server: ServerProcess, requests: int, clients: int, sample_every: float, quiet: bool = False
+) -> Tuple[List[Tuple[float, int, float]], List[str]]:
     """Runs the soak; returns the samples (elapsed, done, RSS MiB) and the errors seen."""
     done = [0]
     errors: List[str] = []
@@ -129,8 +132,11 @@ def soak(server: ServerProcess, requests: int, clients: int, sample_every: float
         time.sleep(sample_every)
         samples.append((time.monotonic() - start, done[0], rss_mib(server.pid)))
         if not quiet:
-            print(f"{samples[-1][0]:8.1f}s {samples[-1][1]:>9} requests  RSS {samples[-1][2]:7.1f} MiB",
-                  flush=True)
+            print(
+                f"{samples[-1][0]:8.1f}s {samples[-1][1]:>9} requests  "
+                f"RSS {samples[-1][2]:7.1f} MiB",
+                flush=True,
+            )
     for t in threads:
         t.join()
     return samples, errors
@@ -146,8 +152,9 @@ def main() -> int:
     parser.add_argument("server_args", nargs="*", help="extra unyoke flags (after --)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess("tests.apps.misbehaving:app", ["--no-access-log", *args.server_args],
-                               workdir=Path(tmp))
+        server = ServerProcess(
+            "tests.apps.misbehaving:app", ["--no-access-log", *args.server_args], workdir=Path(tmp)
+        )
         with server:
             samples, errors = soak(server, args.requests, args.clients, args.sample_every)
             log_tail = server.log()[-500:]
@@ -155,10 +162,12 @@ def main() -> int:
     after = [s[2] for s in warm] or [samples[-1][2]]
     growth = max(after) - after[0]
     elapsed = samples[-1][0]
-    print(f"\n{args.requests} requests in {elapsed:.0f}s ({args.requests / elapsed:.0f}/s), "
-          f"RSS start {samples[0][2]:.1f} MiB, after warm-up {after[0]:.1f} MiB, "
-          f"max {max(after):.1f} MiB, end {after[-1]:.1f} MiB (growth after warm-up "
-          f"{growth:.1f} MiB); client errors: {len(errors)}")
+    print(
+        f"\n{args.requests} requests in {elapsed:.0f}s ({args.requests / elapsed:.0f}/s), "
+        f"RSS start {samples[0][2]:.1f} MiB, after warm-up {after[0]:.1f} MiB, "
+        f"max {max(after):.1f} MiB, end {after[-1]:.1f} MiB (growth after warm-up "
+        f"{growth:.1f} MiB); client errors: {len(errors)}"
+    )
     for e in errors[:5]:
         print("  ", e)
     if "panicked" in log_tail:

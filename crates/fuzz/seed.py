@@ -55,8 +55,10 @@ def main() -> int:
             write("chunked", b"\x00\x00\x04\x10" + data[head_end + 4 :])
         count += 1
     # Well-formed pipelines for `connection`: every operation once, then mixed.
-    for script in (b"\x00\x04abcd\x02\x05hello\x03\x83\x03abcd\x45xyz\x01\x00",
-                   b"\x05\x00\x00\x14\x02\x00\x04\x00\x13\x03\x02/a/b"):
+    for script in (
+        b"\x00\x04abcd\x02\x05hello\x03\x83\x03abcd\x45xyz\x01\x00",
+        b"\x05\x00\x00\x14\x02\x00\x04\x00\x13\x03\x02/a/b",
+    ):
         write("connection", b"\x00\x00\x02\x07" + script)
     write("chunked", b"\x00\x00\x00\x00" + b"5;a=b\r\nhello\r\n0\r\nX-T: 1\r\n\r\n")
     # PROXY v1 and v2 headers.

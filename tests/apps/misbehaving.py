@@ -25,7 +25,7 @@ Every mistake route records that it ran in the state dir (tests.apps.common.reco
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator
 
 from tests.apps.common import query, record
 
@@ -37,13 +37,13 @@ CHUNK = b"x" * 1024
 
 
 def _hello(environ: Environ, start_response: StartResponse) -> Any:
-    start_response("200 OK", TEXT + [("Content-Length", "5")])
+    start_response("200 OK", [*TEXT, ("Content-Length", "5")])
     return [b"hello"]
 
 
 def _big(environ: Environ, start_response: StartResponse) -> Any:
     size = int(query(environ).get("size", 4 << 20))
-    start_response("200 OK", TEXT + [("Content-Length", str(size))])
+    start_response("200 OK", [*TEXT, ("Content-Length", str(size))])
     block = b"b" * 65536
 
     def body() -> Iterator[bytes]:
@@ -64,7 +64,7 @@ def _stream(environ: Environ, start_response: StartResponse) -> Any:
 
 def _echo(environ: Environ, start_response: StartResponse) -> Any:
     body = environ["wsgi.input"].read()
-    start_response("200 OK", TEXT + [("Content-Length", str(len(body)))])
+    start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])
     return [body]
 
 
@@ -74,7 +74,7 @@ def _read_slowly(environ: Environ, start_response: StartResponse) -> Any:
     while stream.read(1):
         total += 1
     body = str(total).encode()
-    start_response("200 OK", TEXT + [("Content-Length", str(len(body)))])
+    start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])
     return [body]
 
 
@@ -116,7 +116,7 @@ def _raise_mid(environ: Environ, start_response: StartResponse) -> Any:
 
 
 def _raise_mid_cl(environ: Environ, start_response: StartResponse) -> Any:
-    start_response("200 OK", TEXT + [("Content-Length", "100")])
+    start_response("200 OK", [*TEXT, ("Content-Length", "100")])
 
     def body() -> Iterator[bytes]:
         yield b"0123456789"
@@ -138,7 +138,7 @@ class _YieldsAfterClose:
         self.closed = False
         self.after_close = 0
 
-    def __iter__(self) -> "_YieldsAfterClose":
+    def __iter__(self) -> _YieldsAfterClose:
         return self
 
     def __next__(self) -> bytes:
@@ -158,31 +158,37 @@ class _YieldsAfterClose:
 def _yield_after_close(environ: Environ, start_response: StartResponse) -> Any:
     # Content-Length bounds the body: the server must stop iterating at 8 bytes, call
     # close(), and never iterate again.
-    start_response("200 OK", TEXT + [("Content-Length", "8")])
+    start_response("200 OK", [*TEXT, ("Content-Length", "8")])
     return _YieldsAfterClose()
 
 
 def _cl_more(environ: Environ, start_response: StartResponse) -> Any:
-    start_response("200 OK", TEXT + [("Content-Length", "5")])
+    start_response("200 OK", [*TEXT, ("Content-Length", "5")])
     return [b"12345", b"EXTRA"]
 
 
 def _cl_fewer(environ: Environ, start_response: StartResponse) -> Any:
-    start_response("200 OK", TEXT + [("Content-Length", "10")])
+    start_response("200 OK", [*TEXT, ("Content-Length", "10")])
     return [b"12345"]
 
 
 def _hop_by_hop(environ: Environ, start_response: StartResponse) -> Any:
     name = query(environ).get("name", "Connection")
-    value = {"Connection": "close", "Keep-Alive": "timeout=5", "Transfer-Encoding": "chunked",
-             "Upgrade": "websocket", "Proxy-Connection": "keep-alive", "TE": "trailers",
-             "Trailer": "X-T"}.get(name, "x")
-    start_response("200 OK", TEXT + [(name, value), ("Content-Length", "2")])
+    value = {
+        "Connection": "close",
+        "Keep-Alive": "timeout=5",
+        "Transfer-Encoding": "chunked",
+        "Upgrade": "websocket",
+        "Proxy-Connection": "keep-alive",
+        "TE": "trailers",
+        "Trailer": "X-T",
+    }.get(name, "x")
+    start_response("200 OK", [*TEXT, (name, value), ("Content-Length", "2")])
     return [b"ok"]
 
 
 def _invalid_header(environ: Environ, start_response: StartResponse) -> Any:
-    start_response("200 OK", TEXT + [("X-Bad", "a\r\nX-Injected: 1")])
+    start_response("200 OK", [*TEXT, ("X-Bad", "a\r\nX-Injected: 1")])
     return [b"must not be sent"]
 
 
@@ -211,6 +217,6 @@ ROUTES: Dict[str, Callable[[Environ, StartResponse], Any]] = {
 def app(environ: Environ, start_response: StartResponse) -> Any:
     handler = ROUTES.get(environ.get("PATH_INFO", ""))
     if handler is None:
-        start_response("404 Not Found", TEXT + [("Content-Length", "9")])
+        start_response("404 Not Found", [*TEXT, ("Content-Length", "9")])
         return [b"not found"]
     return handler(environ, start_response)

@@ -7,7 +7,8 @@ asserted (tests do not assert timings finely; the full-scale ratios are measured
 scripts/hostile.py and recorded in docs/security.md). The server's RSS must stay bounded.
 
 Also here: EMFILE on accept does not spin a core, a pipelined request after a rejected
-one is never processed, and a CI-scale mixed soak with a bound on RSS growth (scripts/soak.py runs the
+one is never processed, and a CI-scale mixed soak with a bound on RSS growth
+(scripts/soak.py runs the
 full one).
 
 The attack functions take their scale as arguments so scripts/hostile.py reuses them.
@@ -86,7 +87,7 @@ class Probe:
                 self.failures.append(repr(exc))
             self._stop.wait(PROBE_INTERVAL)
 
-    def __enter__(self) -> "Probe":
+    def __enter__(self) -> Probe:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -139,7 +140,9 @@ class AttackResult:
         )
 
 
-def _connect_many(address: Tuple[str, int], n: int, rcvbuf: Optional[int] = None) -> List[socket.socket]:
+def _connect_many(
+    address: Tuple[str, int], n: int, rcvbuf: Optional[int] = None
+) -> List[socket.socket]:
     socks = []
     for _ in range(n):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -153,7 +156,12 @@ def _connect_many(address: Tuple[str, int], n: int, rcvbuf: Optional[int] = None
 
 
 def _trickle(
-    address: Tuple[str, int], n: int, seconds: float, prefix: bytes, drip: bytes, stop: threading.Event
+    address: Tuple[str, int],
+    n: int,
+    seconds: float,
+    prefix: bytes,
+    drip: bytes,
+    stop: threading.Event,
 ) -> int:
     """n connections send `prefix`, then one byte of `drip` per second each (reconnecting
     when the server closes one). Returns how many the server closed."""
@@ -187,7 +195,9 @@ def _trickle(
 
 def slowloris(address: Tuple[str, int], n: int, seconds: float, stop: threading.Event) -> int:
     """One header byte per second per client, the head never finished."""
-    return _trickle(address, n, seconds, b"GET /hello HTTP/1.1\r\nHost: x\r\n", b"X-Slow: abcdefgh\r\n", stop)
+    return _trickle(
+        address, n, seconds, b"GET /hello HTTP/1.1\r\nHost: x\r\n", b"X-Slow: abcdefgh\r\n", stop
+    )
 
 
 def slow_post(address: Tuple[str, int], n: int, seconds: float, stop: threading.Event) -> int:
@@ -263,8 +273,18 @@ def run_attack(
     cpu = cpu_seconds(server.pid) - cpu_before
     time.sleep(0.5)
     result = AttackResult(
-        name, clients, seconds, quiet, probe.p99(), len(probe.latencies), probe.failures,
-        rss_before, peak, rss_kib(server.pid), cpu, closed[0] if closed else -1,
+        name,
+        clients,
+        seconds,
+        quiet,
+        probe.p99(),
+        len(probe.latencies),
+        probe.failures,
+        rss_before,
+        peak,
+        rss_kib(server.pid),
+        cpu,
+        closed[0] if closed else -1,
     )
     print("\n" + result.report())
     return result
@@ -325,8 +345,10 @@ def test_emfile_on_accept_does_not_spin(servers):
         cpu_before = cpu_seconds(server.pid)
         time.sleep(4.0)
         spent = cpu_seconds(server.pid) - cpu_before
-        print(f"\nEMFILE: {limit * 2} connections over a limit of {limit} fds: "
-              f"server CPU {spent:.3f}s in 4s")
+        print(
+            f"\nEMFILE: {limit * 2} connections over a limit of {limit} fds: "
+            f"server CPU {spent:.3f}s in 4s"
+        )
         assert spent < 0.5, f"server spent {spent:.2f}s CPU in 4s while out of descriptors"
     finally:
         for s in socks:
@@ -347,7 +369,8 @@ def test_pipelined_request_after_a_rejected_one_is_never_processed(servers):
     server = servers.start("tests.apps.behaviour:app")
     with server.connect() as conn:
         conn.send(
-            b"GET /first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"GET /first HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
             b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         _, response = conn.read_final_response()
@@ -435,7 +458,9 @@ def test_no_python_object_leak_in_process():
         objects_after = len(gc.get_objects())
         traced_after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
-    print(f"\nPython objects {objects_before} -> {objects_after}; traced "
-          f"{traced_before} -> {traced_after} bytes over 4,000 requests")
+    print(
+        f"\nPython objects {objects_before} -> {objects_after}; traced "
+        f"{traced_before} -> {traced_after} bytes over 4,000 requests"
+    )
     assert objects_after - objects_before < 500, (objects_before, objects_after)
     assert traced_after - traced_before < 1 << 20, (traced_before, traced_after)

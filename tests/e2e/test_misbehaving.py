@@ -44,7 +44,7 @@ def raw_exchange(server: ServerProcess, target: str, wait: float = 5.0) -> Tuple
         while time.monotonic() < deadline:
             try:
                 piece = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return data, False
             if not piece:
                 return data, True
@@ -86,9 +86,7 @@ def test_mistake_before_the_head_is_a_logged_500(server, target, log_text):
     assert_500(server, target)
     assert server.wait_for_log(log_text), server.log()[-2000:]
     # The log line names the request, so an operator can find the route.
-    line = next(
-        line for line in server.log().splitlines() if "[ERROR]" in line and target in line
-    )
+    line = next(line for line in server.log().splitlines() if "[ERROR]" in line and target in line)
     assert "GET" in line, line
     assert_serves_again(server)
 

@@ -23,9 +23,12 @@ fn reference(body: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut at = 0;
     let mut data = Vec::new();
     loop {
-        let digits = body[at..].iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        let size = u64::from_str_radix(std::str::from_utf8(&body[at..at + digits]).ok()?, 16)
-            .ok()?;
+        let digits = body[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        let size =
+            u64::from_str_radix(std::str::from_utf8(&body[at..at + digits]).ok()?, 16).ok()?;
         at += body[at..].iter().position(|&b| b == b'\n')? + 1;
         if size == 0 {
             // trailer lines until an empty one

@@ -177,7 +177,10 @@ pub fn check_invariants(outcome: &Outcome, limits: &Limits) {
         }
         Err(e) => {
             let status = e.status();
-            assert!((400..600).contains(&status), "refusal without an error status");
+            assert!(
+                (400..600).contains(&status),
+                "refusal without an error status"
+            );
             assert!(!e.reason().is_empty() && !e.detail().is_empty());
         }
     }

@@ -55,7 +55,12 @@ fn target(script: &mut Script) -> Vec<u8> {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789/-._~%?=&";
     let len = usize::from(script.byte().unwrap_or(0) % 24);
     let mut t = vec![b'/'];
-    t.extend(script.bytes(len).iter().map(|b| CHARS[usize::from(*b) % CHARS.len()]));
+    t.extend(
+        script
+            .bytes(len)
+            .iter()
+            .map(|b| CHARS[usize::from(*b) % CHARS.len()]),
+    );
     t
 }
 
@@ -74,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let (seeds, script) = rest.split_at(rest.len().min(3));
     let limits = common::limits_for(mode);
-    let mut script = Script { data: script, at: 0 };
+    let mut script = Script {
+        data: script,
+        at: 0,
+    };
     let mut stream = Vec::new();
     let mut expected = Vec::new();
     let mut corrupted = false;
@@ -94,7 +102,11 @@ fuzz_target!(|data: &[u8]| {
                 stream.extend_from_slice(b" HTTP/1.1\r\nHost: example.test\r\n");
                 extra_headers(&mut stream, flags);
                 stream.extend_from_slice(b"\r\n");
-                expected.push(Expected { method: b"GET", target: t, body: Vec::new() });
+                expected.push(Expected {
+                    method: b"GET",
+                    target: t,
+                    body: Vec::new(),
+                });
             }
             1 => {
                 let t = target(&mut script);
@@ -103,7 +115,11 @@ fuzz_target!(|data: &[u8]| {
                 stream.extend_from_slice(b" HTTP/1.0\r\nConnection: keep-alive\r\n");
                 extra_headers(&mut stream, flags);
                 stream.extend_from_slice(b"\r\n");
-                expected.push(Expected { method: b"HEAD", target: t, body: Vec::new() });
+                expected.push(Expected {
+                    method: b"HEAD",
+                    target: t,
+                    body: Vec::new(),
+                });
             }
             2 => {
                 let t = target(&mut script);
@@ -117,7 +133,11 @@ fuzz_target!(|data: &[u8]| {
                 extra_headers(&mut stream, flags);
                 stream.extend_from_slice(b"\r\n");
                 stream.extend_from_slice(&body);
-                expected.push(Expected { method: b"POST", target: t, body });
+                expected.push(Expected {
+                    method: b"POST",
+                    target: t,
+                    body,
+                });
             }
             3 => {
                 let t = target(&mut script);
@@ -152,14 +172,22 @@ fuzz_target!(|data: &[u8]| {
                     stream.extend_from_slice(b"X-Trailer: done\r\n");
                 }
                 stream.extend_from_slice(b"\r\n");
-                expected.push(Expected { method: b"PUT", target: t, body });
+                expected.push(Expected {
+                    method: b"PUT",
+                    target: t,
+                    body,
+                });
             }
             4 => {
                 let t = target(&mut script);
                 stream.extend_from_slice(b"DELETE ");
                 stream.extend_from_slice(&t);
                 stream.extend_from_slice(b" HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n");
-                expected.push(Expected { method: b"DELETE", target: t, body: Vec::new() });
+                expected.push(Expected {
+                    method: b"DELETE",
+                    target: t,
+                    body: Vec::new(),
+                });
             }
             5 => blank_line_pending = true,
             6 => {
@@ -184,7 +212,11 @@ fuzz_target!(|data: &[u8]| {
     if corrupted || limits != unyoke_http::Limits::default() {
         return;
     }
-    assert_eq!(whole.end, Ok(()), "a well-formed pipeline was refused: {whole:?}");
+    assert_eq!(
+        whole.end,
+        Ok(()),
+        "a well-formed pipeline was refused: {whole:?}"
+    );
     let mut requests = Vec::new();
     let mut body = Vec::new();
     let mut head = None;

@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
     let full = parse_proxy_header(data);
     if let Ok(Some((info, n))) = full {
         assert!(n > 0 && n <= data.len(), "consumed {n} of {}", data.len());
-        if let ProxyInfo::Forwarded { source, destination } = info {
+        if let ProxyInfo::Forwarded {
+            source,
+            destination,
+        } = info
+        {
             assert_eq!(source.is_ipv4(), destination.is_ipv4(), "mixed families");
         }
     }
