@@ -82,12 +82,25 @@ test-py: ## Python tests (pytest: unit and end to end); needs `make install` fir
 bench: ## Benchmark suite against the peer servers (benchmarks/README.md; ~40 min, not a test)
 	$(MAKE) -C benchmarks all
 
+.PHONY: fuzz-ci
+fuzz-ci: ## Each cargo-fuzz target for 60 s (installs cargo-fuzz 0.13.2 if missing)
+	PATH="$$HOME/.cargo/bin:$$PATH" crates/fuzz/run.sh 60
+
+.PHONY: hostile-full
+hostile-full: ## Full-scale hostile-client attacks (not in CI; figures in docs/security.md)
+	$(PYTHON) scripts/hostile.py
+
+.PHONY: soak-full
+soak-full: ## 1,000,000 mixed requests with the server's RSS sampled (not in CI)
+	$(PYTHON) scripts/soak.py --requests 1000000
+
 .PHONY: test
-test: ## Everything CI runs: deps, install, lint, test-rust, test-py
+test: ## Everything CI runs: deps, install, lint, test-rust, fuzz-ci, test-py
 	$(MAKE) deps
 	$(MAKE) install
 	$(MAKE) lint
 	$(MAKE) test-rust
+	$(MAKE) fuzz-ci
 	$(MAKE) test-py
 
 .PHONY: clean

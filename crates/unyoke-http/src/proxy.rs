@@ -74,8 +74,17 @@ pub fn parse_proxy_header(buf: &[u8]) -> Result<Option<(ProxyInfo, usize)>, Prox
 
 fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyInfo, usize)>, ProxyError> {
     let window = &buf[..buf.len().min(V1_MAX)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
-        if buf.len() >= V1_MAX || window.contains(&b'\n') {
+    // A bare LF anywhere before the CRLF is refused, whether or not the CR has arrived
+    // yet: the verdict must not depend on how the bytes were split.
+    let cr = window.iter().position(|&b| b == b'\r');
+    let lf = window.iter().position(|&b| b == b'\n');
+    if let Some(lf) = lf {
+        if cr.is_none_or(|cr| lf < cr) {
+            return Err(ProxyError::InvalidV1);
+        }
+    }
+    let Some(cr) = cr else {
+        if buf.len() >= V1_MAX {
             return Err(ProxyError::InvalidV1);
         }
         return Ok(None);
@@ -249,6 +258,11 @@ mod tests {
                 "{bad:?}"
             );
         }
+        // A bare LF before the CRLF, in one read or split: refused either way.
+        assert_eq!(
+            whole_and_bytewise(b"PROXY UNKNOWN\nx\r\n"),
+            Err(ProxyError::InvalidV1)
+        );
         let long = [b"PROXY ".as_slice(), &[b'1'; 200]].concat();
         assert_eq!(parse_proxy_header(&long), Err(ProxyError::InvalidV1));
         assert_eq!(
