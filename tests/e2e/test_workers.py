@@ -275,6 +275,8 @@ def test_worker_timeout_kills_a_stuck_worker_and_logs_the_request(servers, tmp_p
         get(server, "/sleep?60&stuck")
     assert server.wait_for_log("GET /sleep?60&stuck HTTP/1.1")
     assert f"worker {stuck} timed out" in server.log()
+    # The log line comes before the kill: wait for the stuck worker to be replaced.
+    assert wait_until(lambda: children(server.pid) not in ([], [stuck]), 20.0), server.log()
     (replacement,) = wait_workers(server, 1)
     assert replacement != stuck
     status, body = get(server, "/")
