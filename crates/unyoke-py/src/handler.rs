@@ -546,18 +546,8 @@ impl WsgiHandler {
                 _ => "Bad Request",
             };
             let body = format!("{status} {reason}\n").into_bytes();
-            let mut h = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
-            unyoke_http::write_header(&mut h, b"Content-Type", b"text/plain; charset=utf-8");
-            unyoke_http::write_header(&mut h, b"Content-Length", body.len().to_string().as_bytes());
-            ex.respond(
-                ResponseStart {
-                    head: h,
-                    status,
-                    framing: unyoke_http::BodyFraming::Length(body.len() as u64),
-                    keep_alive: false,
-                },
-                std::iter::once(OutChunk::Data(body.into())),
-            );
+            let framing = unyoke_http::BodyFraming::Length(body.len() as u64);
+            respond_plain(ex, status, reason, body, framing, false);
             return;
         }
         let head = &ex.head;
@@ -566,16 +556,7 @@ impl WsgiHandler {
             String::from_utf8_lossy(head.method()),
             String::from_utf8_lossy(head.target())
         );
-        let kwargs = PyDict::new(py);
-        let _ = kwargs.set_item("exc_info", exc_info(py, &err));
-        if self
-            .error_logger
-            .bind(py)
-            .call_method("error", (msg,), Some(&kwargs))
-            .is_err()
-        {
-            err.print(py);
-        }
+        log_error(py, self.error_logger.bind(py), &msg, &err);
         if head_sent {
             ex.abort();
             return;
@@ -591,24 +572,47 @@ impl WsgiHandler {
                 }
             }
         }
-        let mut h = b"HTTP/1.1 500 Internal Server Error\r\n".to_vec();
-        unyoke_http::write_header(&mut h, b"Content-Type", b"text/plain; charset=utf-8");
-        unyoke_http::write_header(&mut h, b"Content-Length", body.len().to_string().as_bytes());
         let framing = if ex.head.is_head() {
             unyoke_http::BodyFraming::NoBody
         } else {
             unyoke_http::BodyFraming::Length(body.len() as u64)
         };
-        ex.respond(
-            ResponseStart {
-                head: h,
-                status: 500,
-                framing,
-                keep_alive: ex.keep_alive(),
-            },
-            std::iter::once(OutChunk::Data(body.into())),
+        respond_plain(
+            ex,
+            500,
+            "Internal Server Error",
+            body,
+            framing,
+            ex.keep_alive(),
         );
     }
+}
+
+/// Answers with a plain-text response of the server's own (an error page).
+fn respond_plain(
+    ex: &Ex,
+    status: u16,
+    reason: &str,
+    body: Vec<u8>,
+    framing: unyoke_http::BodyFraming,
+    keep_alive: bool,
+) {
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
+    unyoke_http::write_header(&mut head, b"Content-Type", b"text/plain; charset=utf-8");
+    unyoke_http::write_header(
+        &mut head,
+        b"Content-Length",
+        body.len().to_string().as_bytes(),
+    );
+    ex.respond(
+        ResponseStart {
+            head,
+            status,
+            framing,
+            keep_alive,
+        },
+        std::iter::once(OutChunk::Data(body.into())),
+    );
 }
 
 /// `(host, port)` for TCP, the path for UNIX sockets.

@@ -1,7 +1,7 @@
 //! The engine: configuration, the runtime, the accept loops, shutdown and statistics.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -636,11 +636,4 @@ async fn accept(listener: &TokioListener) -> io::Result<(Accepted, PeerAddr)> {
             Ok((Accepted::Unix(s), PeerAddr::Unix(String::new())))
         }
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send<H: Handler>() {
-    fn is_send<T: Send>() {}
-    is_send::<Shared<H>>();
-    let _ = AtomicUsize::new(0);
 }

@@ -288,12 +288,6 @@ impl<S> Exchange<S> {
         self.waking.got_gate();
     }
 
-    /// All body bytes currently buffered, concatenated (for a fast `read()` of a small body).
-    pub fn body_is_complete(&self) -> bool {
-        let inner = self.inner.lock();
-        inner.body_eof && inner.body_error.is_none()
-    }
-
     /// Why the body could not be read, if it could not.
     pub fn body_error(&self) -> Option<BodyError> {
         self.inner.lock().body_error
@@ -314,7 +308,8 @@ impl<S> Exchange<S> {
 
     /// Whether the response head has been handed over.
     pub fn is_started(&self) -> bool {
-        self.inner.lock().start.is_some() || self.inner.lock().start_taken
+        let inner = self.inner.lock();
+        inner.start.is_some() || inner.start_taken
     }
 
     /// Queues body bytes. Returns false if the client is gone (the bytes are dropped).
