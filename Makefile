@@ -74,6 +74,11 @@ docs: ## Regenerate docs/settings.md from python/unyoke/config.py
 test-rust: ## Rust tests of the workspace
 	cargo test --workspace
 
+.PHONY: test-lsan
+test-lsan: ## The codec's tests under LeakSanitizer (-Zsanitizer via RUSTC_BOOTSTRAP; fails on any leak)
+	RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=leak" cargo test -p unyoke-http \
+		--target "$$(rustc -vV | sed -n 's/^host: //p')"
+
 .PHONY: test-py
 test-py: ## Python tests (pytest: unit and end to end); needs `make install` first
 	$(PYTHON) -m pytest
@@ -95,11 +100,12 @@ soak-full: ## 1,000,000 mixed requests with the server's RSS sampled (not in CI)
 	$(PYTHON) scripts/soak.py --requests 1000000
 
 .PHONY: test
-test: ## Everything CI runs: deps, install, lint, test-rust, fuzz-ci, test-py
+test: ## Everything CI runs: deps, install, lint, test-rust, test-lsan, fuzz-ci, test-py
 	$(MAKE) deps
 	$(MAKE) install
 	$(MAKE) lint
 	$(MAKE) test-rust
+	$(MAKE) test-lsan
 	$(MAKE) fuzz-ci
 	$(MAKE) test-py
 

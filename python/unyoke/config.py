@@ -396,6 +396,21 @@ SETTINGS: Tuple[Setting, ...] = (
         help="Request body bytes read ahead of the application; beyond them the body is "
         "read only as the application reads it, so a request holds at most this much memory.",
     ),
+    Setting(
+        "body_preread",
+        _LIMITS,
+        "int",
+        64 * 1024,
+        unit="bytes",
+        minimum=0,
+        maximum=MAX_INT,
+        help="Request body bytes the server reads before it calls the application (the "
+        "whole body when it is smaller; at most inbuf_overflow), so that a client sending "
+        "its body slowly holds a connection, not a thread. A client that stops sending for "
+        "inactivity_timeout meanwhile gets 408. 0 calls the application as soon as the head "
+        "is in, and the body streams to it as it arrives. Requests with Expect: "
+        "100-continue are always passed on at the head.",
+    ),
     # Timeouts
     Setting(
         "header_timeout",

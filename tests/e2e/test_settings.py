@@ -200,14 +200,16 @@ def bytes_accepted_before_the_app_reads(server: ServerProcess, name: str, size: 
     with server.connect(timeout=20) as conn:
         # A small send buffer on our side, so that what is taken is mostly the server's.
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        # The head and the default pre-read (64 KiB): then the app is called.
+        sent = 65536
         conn.send(
             build_request(
                 "POST", f"/settings/gated_sha?name={name}", [("Content-Length", str(size))]
             )
+            + body[:sent]
         )
         assert server.wait_for_state("gate", f"waiting {name}")
         conn.sock.settimeout(1.0)
-        sent = 0
         while sent < size:
             try:
                 sent += conn.sock.send(body[sent : sent + 65536])
@@ -233,6 +235,55 @@ def test_inbuf_overflow_bounds_what_is_read_ahead_of_the_app(servers):
     held_large = bytes_accepted_before_the_app_reads(large, "large", size)
     assert held_small < 2 << 20, f"{held_small} bytes taken with inbuf_overflow=64 KiB"
     assert held_large >= 8 << 20, f"only {held_large} bytes taken with inbuf_overflow=8 MiB"
+
+
+# -- body_preread ---------------------------------------------------------------------------------
+
+
+def test_body_preread_calls_the_app_once_the_body_is_in(servers):
+    """By default a small body is read before the call: a client sending it slowly holds
+    no application thread meanwhile."""
+    srv = servers.start(APP)
+    body = b"0123456789"
+    with srv.connect(timeout=10) as conn:
+        conn.send(
+            build_request("POST", "/settings/gated_sha?name=pre", [("Content-Length", "10")])
+            + body[:5]
+        )
+        assert not srv.wait_for_state("gate", "waiting pre", timeout=0.5), "called too early"
+        conn.send(body[5:])
+        assert srv.wait_for_state("gate", "waiting pre")
+        srv.state_path("gate-pre").touch()
+        _, response = conn.read_final_response()
+    assert response.json() == {"length": 10, "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_body_preread_zero_calls_the_app_at_the_head(servers):
+    srv = servers.start(APP, "--body-preread", "0")
+    body = b"0123456789"
+    with srv.connect(timeout=10) as conn:
+        conn.send(
+            build_request("POST", "/settings/gated_sha?name=head", [("Content-Length", "10")])
+        )
+        assert srv.wait_for_state("gate", "waiting head"), "not called at the head"
+        srv.state_path("gate-head").touch()
+        conn.send(body)
+        _, response = conn.read_final_response()
+    assert response.json() == {"length": 10, "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_body_preread_stalled_is_408_without_a_call(servers):
+    srv = servers.start(APP, "--inactivity-timeout", "1")
+    with srv.connect(timeout=10) as conn:
+        conn.send(
+            build_request("POST", "/settings/gated_sha?name=stall", [("Content-Length", "10")])
+            + b"01234"
+        )
+        _, response = conn.read_final_response()
+        assert response.status == 408, response
+        assert b"request body not received in time" in response.body
+        assert conn.wait_closed(5.0)
+    assert "waiting stall" not in srv.state_lines("gate")
 
 
 # -- timeouts -------------------------------------------------------------------------------------

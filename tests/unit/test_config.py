@@ -24,6 +24,7 @@ EXPECTED_DEFAULTS = {
     "max_request_body_size": 1073741824,
     "url_length_limit": 8192,
     "inbuf_overflow": 524288,
+    "body_preread": 65536,
     "header_timeout": 10.0,
     "inactivity_timeout": 60.0,
     "keepalive_timeout": 75.0,

@@ -68,6 +68,7 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
     }
     c.identity = identity.into_bytes();
     c.inbuf_overflow = get(d, "inbuf_overflow", c.inbuf_overflow)?;
+    c.body_preread = get(d, "body_preread", c.body_preread)?;
     c.log_x_forwarded_for = get(d, "log_x_forwarded_for", true)?;
     let access_log: bool = get(d, "access_log", true)?;
     if access_log {

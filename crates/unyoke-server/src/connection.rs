@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 use unyoke_http::{
     chunk_header, BodyFraming, BodyKind, ChunkHeader, Event, RequestDecoder, RequestError,
     LAST_CHUNK,
@@ -397,6 +397,41 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 }
             }
         }
+        // Read the body ahead of the call, up to `body_preread` bytes: a client that sends
+        // its body slowly then costs a connection, not a dispatch thread blocked in
+        // `wsgi.input.read()`. A client that asked for 100 Continue waits for the app to
+        // read, so its request is dispatched at the head.
+        let preread = cfg.body_preread.min(cfg.inbuf_overflow);
+        while malformed.is_none()
+            && !body_done
+            && !expect
+            && (ex.lock().body_buffered as u64) < preread
+        {
+            self.make_room(BODY_READ_SIZE);
+            match timeout(cfg.inactivity_timeout, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    shared.stats.bytes_in(n);
+                    match self.pump_body(&ex) {
+                        Ok(done) => body_done = done,
+                        Err(e) => {
+                            malformed = Some(e);
+                            body_done = true;
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.send_simple(408, "Request Timeout", "request body not received in time")
+                        .await;
+                    self.abandon(&ex, 408);
+                    return Ok(false);
+                }
+                // The client closed or failed before its body was in: nobody to answer.
+                Ok(_) => {
+                    self.abandon(&ex, 0);
+                    return Ok(false);
+                }
+            }
+        }
         // With `maximum_simultaneous_requests`, wait for a slot (bounded, then 503).
         let _slot = match &shared.request_slots {
             None => None,
@@ -654,6 +689,21 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             return Ok(self.discard_body(&ex).await);
         }
         Ok(!self.shared.policy.stopping.load(Ordering::Relaxed))
+    }
+
+    /// Ends an exchange the application never saw (the client failed during the body's
+    /// pre-read): counted and logged with `status` (0: no response).
+    fn abandon(&self, ex: &Exchange<H::State>, status: u16) {
+        self.shared
+            .stats
+            .request_finished(status, ex.started.elapsed());
+        if let Some(log) = &self.shared.access_log {
+            let writer = BodyWriter {
+                status,
+                ..BodyWriter::default()
+            };
+            self.log_request(log, ex, &writer);
+        }
     }
 
     /// Whether an unread body is small enough to read and drop after the response.

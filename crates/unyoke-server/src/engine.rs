@@ -40,6 +40,10 @@ pub struct Config {
     pub identity: Vec<u8>,
     /// Request body bytes read ahead of the application; beyond, reading waits for it.
     pub inbuf_overflow: u64,
+    /// Request body bytes read before the application is called (capped by
+    /// `inbuf_overflow`); 0 calls it at the head. Requests with `Expect: 100-continue`
+    /// are always called at the head.
+    pub body_preread: u64,
     /// The access log format, or None for no access log.
     pub access_log: Option<LogFormat>,
     /// Prefix the client address with X-Forwarded-For in the access log.
@@ -131,6 +135,7 @@ impl Default for Config {
             threads: 64,
             identity: b"unyoke".to_vec(),
             inbuf_overflow: 512 * 1024,
+            body_preread: 64 * 1024,
             access_log: None,
             log_x_forwarded_for: true,
             responseless_timeout: None,

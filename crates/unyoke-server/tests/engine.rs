@@ -304,7 +304,10 @@ fn unread_small_body_is_discarded_and_connection_persists() {
 
 #[test]
 fn unread_large_body_closes_the_connection() {
-    let server = Server::start(test_config());
+    let server = Server::start(Config {
+        body_preread: 0,
+        ..test_config()
+    });
     let mut c = server.client();
     // Head only: the body (1 MiB) never comes, so it cannot be discarded in time.
     c.send(b"POST /hello HTTP/1.1\r\nHost: test\r\nContent-Length: 1048576\r\n\r\n");
@@ -342,7 +345,10 @@ fn chunked_body_above_the_limit_is_a_body_error_and_closes() {
 
 #[test]
 fn client_gone_mid_body_is_a_disconnected_body_error() {
-    let server = Server::start(test_config());
+    let server = Server::start(Config {
+        body_preread: 0,
+        ..test_config()
+    });
     let mut c = server.client();
     c.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n0123456789");
     thread::sleep(Duration::from_millis(50));
@@ -361,6 +367,7 @@ fn client_gone_mid_body_is_a_disconnected_body_error() {
 fn stalled_body_is_a_timeout_body_error_and_closes() {
     let server = Server::start(Config {
         inactivity_timeout: Duration::from_millis(300),
+        body_preread: 0,
         ..test_config()
     });
     let mut c = server.client();
@@ -373,6 +380,103 @@ fn stalled_body_is_a_timeout_body_error_and_closes() {
         !server.probe.body_errors.lock().is_empty()
     });
     assert_eq!(*server.probe.body_errors.lock(), vec![BodyError::Timeout]);
+    server.stop();
+}
+
+#[test]
+fn body_is_read_before_the_handler_is_called() {
+    let server = Server::start(test_config());
+    let mut c = server.client();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\n01234");
+    thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        server.probe.calls.load(Ordering::SeqCst),
+        0,
+        "the handler was called before the body was in"
+    );
+    c.send(b"56789");
+    let r = c.read_response();
+    assert_eq!(r.body, b"0123456789");
+    assert_eq!(server.probe.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(server.probe.body_waiting.load(Ordering::SeqCst), 0);
+    server.stop();
+}
+
+#[test]
+fn slow_bodies_do_not_hold_threads() {
+    // Twice as many clients trickling bodies as there are threads: with the body read
+    // before the call, none of them holds a thread and a plain GET is answered at once.
+    let server = Server::start(Config {
+        threads: 2,
+        ..test_config()
+    });
+    let mut slow: Vec<Client> = (0..4).map(|_| server.client()).collect();
+    for c in &mut slow {
+        c.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\na");
+    }
+    thread::sleep(Duration::from_millis(100));
+    let mut c = server.client();
+    c.read_timeout(Duration::from_secs(1));
+    c.send(&get("/hello"));
+    assert_eq!(c.read_response().body, b"hello");
+    assert_eq!(server.probe.calls.load(Ordering::SeqCst), 1);
+    for s in &mut slow {
+        s.send(b"bc");
+    }
+    for s in &mut slow {
+        assert_eq!(s.read_response().body, b"abc");
+    }
+    server.stop();
+}
+
+#[test]
+fn body_larger_than_the_preread_reaches_the_handler_before_it_ends() {
+    let server = Server::start(Config {
+        body_preread: 1024,
+        ..test_config()
+    });
+    let mut c = server.client();
+    let body = big_body(0..4096);
+    let mut req = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 4096\r\n\r\n".to_vec();
+    req.extend_from_slice(&body[..2048]);
+    c.send(&req);
+    assert!(
+        server.probe.wait_body_waiting(1, Duration::from_secs(1)),
+        "the handler should be called once the preread is in, and wait for the rest"
+    );
+    c.send(&body[2048..]);
+    assert_eq!(c.read_response().body, body);
+    server.stop();
+}
+
+#[test]
+fn stalled_preread_is_a_408_without_a_call() {
+    let server = Server::start(Config {
+        inactivity_timeout: Duration::from_millis(300),
+        ..test_config()
+    });
+    let mut c = server.client();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n0123456789");
+    let r = c.read_response();
+    assert_eq!(r.status, 408);
+    assert!(r.says_close(), "{r:?}");
+    c.expect_closed();
+    assert_eq!(server.probe.calls.load(Ordering::SeqCst), 0);
+    server.stop();
+}
+
+#[test]
+fn client_gone_during_preread_is_never_dispatched() {
+    let server = Server::start(test_config());
+    let mut c = server.client();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n0123456789");
+    thread::sleep(Duration::from_millis(50));
+    drop(c);
+    eventually("the request to be finished", || {
+        server.engine.stats().requests_in_flight == 0
+    });
+    assert_eq!(server.probe.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(server.engine.stats().requests_total, 1);
     server.stop();
 }
 
@@ -747,6 +851,7 @@ fn handlers_waiting_for_bodies_on_every_thread_still_get_them() {
     // bodies can only arrive if some thread still drives the connections.
     let server = Server::start(Config {
         threads: 2,
+        body_preread: 0,
         ..test_config()
     });
     let mut clients: Vec<Client> = (0..2).map(|_| server.client()).collect();
