@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -30,6 +30,17 @@ from tests.e2e.rawhttp import ConnectionClosed, IncompleteResponse, RawConnectio
 from tests.e2e.serverproc import ServerProcess  # noqa: E402
 
 ECHO_BODY = b"e" * 10240
+# The mix's kinds by name, each the first index `one` serves it at (for --kinds).
+KINDS = {
+    "hello": 0,
+    "big": 10,
+    "stream": 12,
+    "echo": 14,
+    "error": 16,
+    "str": 17,
+    "reset": 18,
+    "raise": 19,
+}
 
 
 def one(conn: RawConnection, kind: int) -> RawConnection:
@@ -93,9 +104,16 @@ def rss_mib(pid: int) -> float:
 
 
 def soak(
-    server: ServerProcess, requests: int, clients: int, sample_every: float, quiet: bool = False
+    server: ServerProcess,
+    requests: int,
+    clients: int,
+    sample_every: float,
+    quiet: bool = False,
+    kinds: Optional[List[int]] = None,
 ) -> Tuple[List[Tuple[float, int, float]], List[str]]:
-    """Runs the soak; returns the samples (elapsed, done, RSS MiB) and the errors seen."""
+    """Runs the soak; returns the samples (elapsed, done, RSS MiB) and the errors seen.
+    `kinds` restricts the mix (indices for `one`), e.g. to amplify one suspect."""
+    mix = kinds or list(range(20))
     done = [0]
     errors: List[str] = []
     lock = threading.Lock()
@@ -109,14 +127,14 @@ def soak(
             if i is None:
                 break
             try:
-                nxt = one(conn, i % 20)
+                nxt = one(conn, mix[i % len(mix)])
                 if nxt is not conn:
                     _addresses.pop(id(conn), None)
                     _addresses[id(nxt)] = server.address
                 conn = nxt
             except Exception as exc:
                 if len(errors) < 20:
-                    errors.append(f"request {i} kind {i % 20}: {exc!r}")
+                    errors.append(f"request {i} kind {mix[i % len(mix)]}: {exc!r}")
                 conn.close()
                 conn = new_conn(server.address)
             with lock:
@@ -149,6 +167,10 @@ def main() -> int:
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--warmup-fraction", type=float, default=0.1)
     parser.add_argument("--max-growth-mib", type=float, default=32.0)
+    parser.add_argument(
+        "--kinds",
+        help="only these kinds of request, comma-separated: " + ",".join(KINDS),
+    )
     parser.add_argument("server_args", nargs="*", help="extra unyoke flags (after --)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +178,10 @@ def main() -> int:
             "tests.apps.misbehaving:app", ["--no-access-log", *args.server_args], workdir=Path(tmp)
         )
         with server:
-            samples, errors = soak(server, args.requests, args.clients, args.sample_every)
+            kinds = [KINDS[k] for k in args.kinds.split(",")] if args.kinds else None
+            samples, errors = soak(
+                server, args.requests, args.clients, args.sample_every, kinds=kinds
+            )
             log_tail = server.log()[-500:]
     warm = [s for s in samples if s[1] >= args.requests * args.warmup_fraction]
     after = [s[2] for s in warm] or [samples[-1][2]]
