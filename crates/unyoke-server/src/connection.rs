@@ -1,6 +1,7 @@
 //! One connection: read requests, hand them to the dispatcher, write the responses, in
 //! order, with every timeout and limit. The life of a connection is in `serve`.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -61,6 +62,9 @@ impl ConnInfo {
 
 /// A stream the engine can serve: TCP, UNIX, later TLS.
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether `poll_read_ready` waits for the socket (false: it is ready at once).
+    const READINESS: bool = false;
+
     /// Ready when a read would not block (or cannot tell: then at once).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let _ = cx;
@@ -79,6 +83,8 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Transport for tokio::net::UnixStream {
+    const READINESS: bool = true;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::UnixStream::poll_read_ready(self, cx)
     }
@@ -87,6 +93,8 @@ impl Transport for tokio::net::UnixStream {
 impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 
 impl Transport for tokio::net::TcpStream {
+    const READINESS: bool = true;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::TcpStream::poll_read_ready(self, cx)
     }
@@ -296,6 +304,30 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 }
             }
             self.make_room(HEAD_READ_SIZE);
+            if idle && T::READINESS {
+                // Readiness can be stale: tokio reports a fresh connection ready at once (an
+                // edge-triggered registration could otherwise miss bytes already there).
+                // Try one read without waiting; if nothing is there, give the buffer back
+                // and wait for readiness again (the failed read cleared it), so that a
+                // connection that has sent nothing holds no buffer.
+                let read = {
+                    let fut = self.io.read_buf(&mut self.buf);
+                    tokio::pin!(fut);
+                    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+                };
+                match read {
+                    Poll::Pending => {
+                        self.buf = BytesMut::new();
+                        continue;
+                    }
+                    Poll::Ready(Ok(0)) => return HeadOutcome::Close,
+                    Poll::Ready(Ok(n)) => {
+                        self.shared.stats.bytes_in(n);
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => return HeadOutcome::Close,
+                }
+            }
             let stop = &self.shared.stop_notify;
             let read = tokio::select! {
                 biased;

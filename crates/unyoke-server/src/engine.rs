@@ -511,6 +511,23 @@ async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
     }
 }
 
+/// Runs one connection (the future `serve` makes), then the bookkeeping of its end. The
+/// future is made here rather than passed in: a future argument would be stored twice in
+/// this one's state (as the argument and as the awaited value), doubling the task.
+async fn connection_task<H: Handler, F: std::future::Future<Output = ()>>(
+    shared: Arc<Shared<H>>,
+    info: Arc<ConnInfo>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    serve: impl FnOnce() -> F,
+) {
+    serve().await;
+    shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+    if shared.connection_events {
+        shared.submit(WorkItem::Connection(info, false));
+    }
+    drop(permit);
+}
+
 async fn accept_loop<H: Handler>(
     shared: Arc<Shared<H>>,
     listener: TokioListener,
@@ -570,31 +587,42 @@ async fn accept_loop<H: Handler>(
                 if shared.connection_events {
                     shared.submit(WorkItem::Connection(Arc::clone(&info), true));
                 }
-                tokio::spawn(async move {
-                    let info2 = Arc::clone(&info);
-                    match stream {
-                        Accepted::Tcp(s) => {
-                            let _ = s.set_nodelay(true);
-                            match tls {
-                                None => {
-                                    Box::pin(connection::serve(Arc::clone(&shared2), s, info)).await
-                                }
-                                Some(acceptor) => {
-                                    Box::pin(serve_tls(Arc::clone(&shared2), s, info, acceptor))
-                                        .await
-                                }
+                // One task per connection, its future the connection's own state machine
+                // (no box, no copy of it in a wrapper): an idle connection costs one
+                // allocation. TLS connections get their own task type, so plain ones
+                // never carry the size of the TLS session state.
+                match stream {
+                    Accepted::Tcp(s) => {
+                        let _ = s.set_nodelay(true);
+                        match tls {
+                            None => {
+                                let i = Arc::clone(&info);
+                                let serve = move || connection::serve(shared2, s, i);
+                                tokio::spawn(connection_task(
+                                    Arc::clone(&shared),
+                                    info,
+                                    permit,
+                                    serve,
+                                ));
+                            }
+                            Some(acceptor) => {
+                                let i = Arc::clone(&info);
+                                let serve = move || serve_tls(shared2, s, i, acceptor);
+                                tokio::spawn(connection_task(
+                                    Arc::clone(&shared),
+                                    info,
+                                    permit,
+                                    serve,
+                                ));
                             }
                         }
-                        Accepted::Unix(s) => {
-                            Box::pin(connection::serve(Arc::clone(&shared2), s, info)).await
-                        }
                     }
-                    shared2.stats.open.fetch_sub(1, Ordering::Relaxed);
-                    if shared2.connection_events {
-                        shared2.submit(WorkItem::Connection(info2, false));
+                    Accepted::Unix(s) => {
+                        let i = Arc::clone(&info);
+                        let serve = move || connection::serve(shared2, s, i);
+                        tokio::spawn(connection_task(Arc::clone(&shared), info, permit, serve));
                     }
-                    drop(permit);
-                });
+                }
             }
             Err(e) => {
                 drop(permit);
