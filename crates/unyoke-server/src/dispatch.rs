@@ -131,6 +131,10 @@ const LAZY_TICK: Duration = Duration::from_millis(1);
 const LAZY_IDLE_TICKS: u32 = 100;
 /// How long the standby stays eager after a takeover.
 const EAGER_AFTER_TAKEOVER: Duration = Duration::from_millis(200);
+/// A wait for the gate this long means it was taken by force (the interpreter hands the
+/// GIL to a waiting thread after its switch interval, 5 ms by default), not released by
+/// a blocking call (then it is free within microseconds).
+const FORCED_SWITCH: Duration = Duration::from_millis(3);
 
 thread_local! {
     static LEADER_TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -534,7 +538,11 @@ impl<J: Job> Dispatcher<J> {
                     }
                 }
             }
+            let waiting_since = Instant::now();
             self.gate.acquire();
+            // A gate that came only after a switch interval was most likely taken by force
+            // from a call that computes, not given up by one that blocks.
+            let forced = waiting_since.elapsed() >= FORCED_SWITCH;
             let mut c = self.control.lock();
             if c.stopping {
                 c.standby = false;
@@ -545,7 +553,14 @@ impl<J: Job> Dispatcher<J> {
                 LeaderState::App | LeaderState::Absent => {
                     // The leader blocks the loop (or there is none): take over.
                     c.standby = false;
-                    c.eager_until = Some(Instant::now() + EAGER_AFTER_TAKEOVER);
+                    // Only a call that blocked makes the standby eager: eagerness means
+                    // waiting on the gate all the time, which against calls that compute
+                    // turns into a forced switch (and a takeover) every switch interval,
+                    // each one extending it: one slow call would leave a CPU-bound app
+                    // (Flask, Django) paying for switches for good.
+                    if !forced {
+                        c.eager_until = Some(Instant::now() + EAGER_AFTER_TAKEOVER);
+                    }
                     Self::become_leader(&mut c);
                     drop(c);
                     // If the interpreter forced the switch, the old leader is not blocked
