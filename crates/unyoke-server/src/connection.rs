@@ -920,7 +920,19 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         }
     }
 
-    async fn send_simple(&mut self, status: u16, reason: &str, detail: &str) {
+    /// Sends a plain-text error response with `Connection: close`. Boxed: it is rare, and
+    /// inline its state (two buffers and a write timer) would size every connection's
+    /// task, idle ones included.
+    fn send_simple<'a>(
+        &'a mut self,
+        status: u16,
+        reason: &'a str,
+        detail: &'a str,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.send_simple_inner(status, reason, detail))
+    }
+
+    async fn send_simple_inner(&mut self, status: u16, reason: &str, detail: &str) {
         let body = format!("{status} {reason}\n{detail}\n");
         let date = self.shared.date.get();
         let mut msg = format!(
