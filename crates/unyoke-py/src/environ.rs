@@ -146,60 +146,50 @@ impl EnvironBuilder {
         .iter()
         .map(|m| (m.as_bytes(), intern(py, m)))
         .collect();
-        let k_method = intern(py, "REQUEST_METHOD");
-        let k_path = intern(py, "PATH_INFO");
-        let k_query = intern(py, "QUERY_STRING");
-        let k_protocol = intern(py, "SERVER_PROTOCOL");
-        let k_remote_addr = intern(py, "REMOTE_ADDR");
-        let k_remote_port = intern(py, "REMOTE_PORT");
-        let k_raw_uri = intern(py, "RAW_URI");
-        let k_request_uri = intern(py, "REQUEST_URI");
-        let k_server_name = intern(py, "SERVER_NAME");
-        let k_server_port = intern(py, "SERVER_PORT");
-        let k_input = intern(py, "wsgi.input");
-        let v_empty = intern(py, "");
-        // The keys every request sets, present in the template with a placeholder that
-        // `build` always overwrites: the copy then replaces values in place instead of
-        // inserting, and its table is already large enough for the request's headers
-        // (inserting ~11 keys into a copy of a small table resized it once or twice per
-        // request).
-        for k in [
-            &k_method,
-            &k_path,
-            &k_query,
-            &k_raw_uri,
-            &k_request_uri,
-            &k_protocol,
-            &k_server_name,
-            &k_server_port,
-            &k_remote_addr,
-            &k_remote_port,
-            &k_input,
-        ] {
-            template.set_item(k, &v_empty)?;
-        }
-        Ok(EnvironBuilder {
+        let builder = EnvironBuilder {
             template: template.unbind(),
-            k_method,
-            k_path,
-            k_query,
-            k_protocol,
-            k_remote_addr,
-            k_remote_port,
-            k_raw_uri,
-            k_request_uri,
-            k_server_name,
-            k_server_port,
-            k_input,
+            k_method: intern(py, "REQUEST_METHOD"),
+            k_path: intern(py, "PATH_INFO"),
+            k_query: intern(py, "QUERY_STRING"),
+            k_protocol: intern(py, "SERVER_PROTOCOL"),
+            k_remote_addr: intern(py, "REMOTE_ADDR"),
+            k_remote_port: intern(py, "REMOTE_PORT"),
+            k_raw_uri: intern(py, "RAW_URI"),
+            k_request_uri: intern(py, "REQUEST_URI"),
+            k_server_name: intern(py, "SERVER_NAME"),
+            k_server_port: intern(py, "SERVER_PORT"),
+            k_input: intern(py, "wsgi.input"),
             v_http10: intern(py, "HTTP/1.0"),
             v_http11: intern(py, "HTTP/1.1"),
-            v_empty,
+            v_empty: intern(py, ""),
             methods,
             header_keys: Mutex::new(HashMap::new()),
             server_name: settings.server_name.as_deref().map(|s| intern(py, s)),
             local_cache: Mutex::new(Vec::new()),
             forwarded_allow: settings.forwarded_allow_ips.clone(),
-        })
+        };
+        // The keys every request sets, present in the template with a placeholder that
+        // `build` always overwrites: the copy then replaces values in place instead of
+        // inserting, and its table is already large enough for the request's headers
+        // (inserting ~11 keys into a copy of a small table resized it once or twice per
+        // request).
+        let template = builder.template.bind(py);
+        for k in [
+            &builder.k_method,
+            &builder.k_path,
+            &builder.k_query,
+            &builder.k_raw_uri,
+            &builder.k_request_uri,
+            &builder.k_protocol,
+            &builder.k_server_name,
+            &builder.k_server_port,
+            &builder.k_remote_addr,
+            &builder.k_remote_port,
+            &builder.k_input,
+        ] {
+            template.set_item(k, &builder.v_empty)?;
+        }
+        Ok(builder)
     }
 
     fn header_key<'py>(&self, py: Python<'py>, name: &[u8]) -> Option<Bound<'py, PyString>> {

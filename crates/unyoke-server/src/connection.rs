@@ -406,6 +406,22 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         Ok(done)
     }
 
+    /// `pump_body`, with its outcome recorded: the body is done once complete or malformed.
+    fn absorb_body(
+        &mut self,
+        ex: &Exchange<H::State>,
+        body_done: &mut bool,
+        malformed: &mut Option<RequestError>,
+    ) {
+        match self.pump_body(ex) {
+            Ok(done) => *body_done = done,
+            Err(e) => {
+                *malformed = Some(e);
+                *body_done = true;
+            }
+        }
+    }
+
     /// One request: dispatch it, feed its body, write its response. Returns whether the
     /// connection may carry another request.
     async fn exchange(&mut self, head: unyoke_http::RequestHead) -> io::Result<bool> {
@@ -421,13 +437,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             let _ = self.decoder.decode(&mut self.buf);
             ex.lock().body_eof = true;
         } else {
-            match self.pump_body(&ex) {
-                Ok(done) => body_done = done,
-                Err(e) => {
-                    malformed = Some(e);
-                    body_done = true;
-                }
-            }
+            self.absorb_body(&ex, &mut body_done, &mut malformed);
         }
         // Read the body ahead of the call, up to `body_preread` bytes: a client that sends
         // its body slowly then costs a connection, not a dispatch thread blocked in
@@ -443,13 +453,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             match timeout(cfg.inactivity_timeout, self.io.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {
                     shared.stats.bytes_in(n);
-                    match self.pump_body(&ex) {
-                        Ok(done) => body_done = done,
-                        Err(e) => {
-                            malformed = Some(e);
-                            body_done = true;
-                        }
-                    }
+                    self.absorb_body(&ex, &mut body_done, &mut malformed);
                 }
                 Err(_) => {
                     self.send_simple(408, "Request Timeout", "request body not received in time")
@@ -602,10 +606,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                         Ok(Ok(n)) => {
                             shared.stats.bytes_in(n);
                             if want_read {
-                                match self.pump_body(&ex) {
-                                    Ok(done) => body_done = done,
-                                    Err(e) => { malformed = Some(e); body_done = true; }
-                                }
+                                self.absorb_body(&ex, &mut body_done, &mut malformed);
                             }
                         }
                         Ok(Err(_)) => {
@@ -708,12 +709,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             shared.submit(WorkItem::Close(Arc::clone(&ex)));
         }
         // A response never started (client gone first) counts as status 0.
-        shared
-            .stats
-            .request_finished(writer.status, ex.started.elapsed());
-        if let Some(log) = &shared.access_log {
-            self.log_request(log, &ex, &writer);
-        }
+        self.record(&ex, &writer);
         if gone || aborted || malformed.is_some() || !writer.keep_alive {
             return Ok(false);
         }
@@ -723,19 +719,24 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         Ok(!self.shared.policy.stopping.load(Ordering::Relaxed))
     }
 
+    /// Counts a finished exchange in the statistics and writes its access-log line.
+    fn record(&self, ex: &Exchange<H::State>, writer: &BodyWriter) {
+        self.shared
+            .stats
+            .request_finished(writer.status, ex.started.elapsed());
+        if let Some(log) = &self.shared.access_log {
+            self.log_request(log, ex, writer);
+        }
+    }
+
     /// Ends an exchange the application never saw (the client failed during the body's
     /// pre-read): counted and logged with `status` (0: no response).
     fn abandon(&self, ex: &Exchange<H::State>, status: u16) {
-        self.shared
-            .stats
-            .request_finished(status, ex.started.elapsed());
-        if let Some(log) = &self.shared.access_log {
-            let writer = BodyWriter {
-                status,
-                ..BodyWriter::default()
-            };
-            self.log_request(log, ex, &writer);
-        }
+        let writer = BodyWriter {
+            status,
+            ..BodyWriter::default()
+        };
+        self.record(ex, &writer);
     }
 
     /// Whether an unread body is small enough to read and drop after the response.

@@ -518,9 +518,9 @@ async fn connection_task<H: Handler, F: std::future::Future<Output = ()>>(
     shared: Arc<Shared<H>>,
     info: Arc<ConnInfo>,
     permit: tokio::sync::OwnedSemaphorePermit,
-    serve: impl FnOnce() -> F,
+    serve: impl FnOnce(Arc<Shared<H>>, Arc<ConnInfo>) -> F,
 ) {
-    serve().await;
+    serve(Arc::clone(&shared), Arc::clone(&info)).await;
     shared.stats.open.fetch_sub(1, Ordering::Relaxed);
     if shared.connection_events {
         shared.submit(WorkItem::Connection(info, false));
@@ -596,31 +596,18 @@ async fn accept_loop<H: Handler>(
                         let _ = s.set_nodelay(true);
                         match tls {
                             None => {
-                                let i = Arc::clone(&info);
-                                let serve = move || connection::serve(shared2, s, i);
-                                tokio::spawn(connection_task(
-                                    Arc::clone(&shared),
-                                    info,
-                                    permit,
-                                    serve,
-                                ));
+                                let serve = move |sh, i| connection::serve(sh, s, i);
+                                tokio::spawn(connection_task(shared2, info, permit, serve));
                             }
                             Some(acceptor) => {
-                                let i = Arc::clone(&info);
-                                let serve = move || serve_tls(shared2, s, i, acceptor);
-                                tokio::spawn(connection_task(
-                                    Arc::clone(&shared),
-                                    info,
-                                    permit,
-                                    serve,
-                                ));
+                                let serve = move |sh, i| serve_tls(sh, s, i, acceptor);
+                                tokio::spawn(connection_task(shared2, info, permit, serve));
                             }
                         }
                     }
                     Accepted::Unix(s) => {
-                        let i = Arc::clone(&info);
-                        let serve = move || connection::serve(shared2, s, i);
-                        tokio::spawn(connection_task(Arc::clone(&shared), info, permit, serve));
+                        let serve = move |sh, i| connection::serve(sh, s, i);
+                        tokio::spawn(connection_task(shared2, info, permit, serve));
                     }
                 }
             }
