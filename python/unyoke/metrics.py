@@ -16,7 +16,7 @@ STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 _SCALAR_COUNTERS = ("requests_total", "bytes_in", "bytes_out", "duration_sum_seconds")
 _LIST_COUNTERS = ("responses_by_class", "duration_buckets")
 #: Values that say how things are now, summed over the live workers only.
-_GAUGES = ("requests_in_flight", "open_connections", "threads")
+_GAUGES = ("requests_in_flight", "open_connections", "idle_connections", "threads")
 
 Stats = Mapping[str, Any]
 
@@ -93,6 +93,12 @@ def render(total: Mapping[str, Any], bounds: Sequence[float], workers: int, rest
         "gauge",
         "Client connections open.",
         [f"unyoke_open_connections {_number(total.get('open_connections', 0))}"],
+    )
+    metric(
+        "unyoke_idle_connections",
+        "gauge",
+        "Open client connections set aside while idle (counted in unyoke_open_connections).",
+        [f"unyoke_idle_connections {_number(total.get('idle_connections', 0))}"],
     )
     buckets = list(total.get("duration_buckets", []))
     samples = []

@@ -853,8 +853,8 @@ def test_on_connect_and_on_disconnect_events():
     with in_process_server(simple_app, on_connect=on_connect, on_disconnect=on_disconnect) as srv:
         first = RawConnection(("127.0.0.1", srv.port))
         second = RawConnection(("127.0.0.1", srv.port))
-        first_port = first.local_port
-        ports = {first_port, second.local_port}
+        first_port, second_port = first.local_port, second.local_port
+        ports = {first_port, second_port}
         for conn in (first, second):
             conn.send(build_request("GET", "/evented"))
             assert conn.read_final_response()[1].status == 200
@@ -871,8 +871,31 @@ def test_on_connect_and_on_disconnect_events():
         kind, closed = events[2]
         assert kind == "close"
         assert closed == opened[first_port]
+        # A connection set aside while idle (after a second) is still reported when it
+        # closes, with the same description.
+        assert wait_until(lambda: srv.stats()["idle_connections"] == 1)
         second.close()
         assert wait_until(lambda: len(events) == 4), events
+        assert events[3] == ("close", opened[second_port])
+
+
+@pytest.mark.timeout(60)
+def test_idle_connection_is_set_aside_and_served_again():
+    # After a second without a request, a keep-alive connection leaves its task and waits
+    # on the engine's shelf (design.md, "Idle connections"); it is still open and served.
+    with in_process_server(simple_app) as srv:
+        with RawConnection(("127.0.0.1", srv.port)) as conn:
+            conn.send(build_request("GET", "/one"))
+            assert conn.read_response().status == 200
+            assert srv.stats()["idle_connections"] == 0
+            assert wait_until(lambda: srv.stats()["idle_connections"] == 1)
+            assert srv.stats()["open_connections"] == 1
+            for path in ("/two", "/three"):
+                conn.send(build_request("GET", path))
+                response = conn.read_response()
+                assert response.status == 200
+                assert srv.stats()["idle_connections"] == 0
+        assert wait_until(lambda: srv.stats()["open_connections"] == 0)
 
 
 @pytest.mark.timeout(60)

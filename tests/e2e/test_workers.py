@@ -325,6 +325,7 @@ def test_metrics_sum_the_workers(servers, tmp_path: Path) -> None:
     samples = scrape(metrics_port)
     assert samples["unyoke_workers"] == 2
     assert samples["unyoke_requests_in_flight"] == 0
+    assert samples["unyoke_idle_connections"] == 0
     assert samples["unyoke_request_duration_seconds_count"] == 41
     assert samples['unyoke_request_duration_seconds_bucket{le="+Inf"}'] == 41
     assert samples["unyoke_request_duration_seconds_sum"] >= 40 * 0.05

@@ -122,7 +122,7 @@ impl Engine {
     }
 
     /// Counters: open_connections, requests_in_flight, requests_total, bytes_in,
-    /// bytes_out, threads, responses_by_class (index 0: none sent, 1: 1xx … 5: 5xx),
+    /// bytes_out, threads, idle_connections (set aside while idle), responses_by_class (index 0: none sent, 1: 1xx … 5: 5xx),
     /// duration_buckets (per bucket, the last +Inf), duration_bucket_bounds (seconds),
     /// duration_sum_seconds.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -134,6 +134,7 @@ impl Engine {
         d.set_item("bytes_in", s.bytes_in)?;
         d.set_item("bytes_out", s.bytes_out)?;
         d.set_item("threads", s.threads)?;
+        d.set_item("idle_connections", s.idle_connections)?;
         d.set_item("responses_by_class", s.responses_by_class.to_vec())?;
         d.set_item("duration_buckets", s.duration_buckets.to_vec())?;
         d.set_item(

@@ -21,6 +21,7 @@ use unyoke_http::{
 use crate::access_log::Entry;
 use crate::engine::{Shared, WorkItem};
 use crate::exchange::{BodyError, Exchange, OutChunk, ResponseStart};
+use crate::idle::{Shelvable, SHELVE_AFTER};
 use crate::Handler;
 
 /// A peer or local address.
@@ -71,6 +72,14 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         Poll::Ready(Ok(()))
     }
 
+    /// The socket, to be set aside while idle (see `idle.rs`); None if it cannot be.
+    fn into_shelvable(self) -> Option<Shelvable>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// Sends `len` bytes of `file` from `offset`; `sendfile(2)` where the transport allows.
     fn send_file<'a>(
         &'a mut self,
@@ -85,6 +94,10 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 impl Transport for tokio::net::UnixStream {
     const READINESS: bool = true;
 
+    fn into_shelvable(self) -> Option<Shelvable> {
+        self.into_std().ok().map(Shelvable::Unix)
+    }
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::UnixStream::poll_read_ready(self, cx)
     }
@@ -94,6 +107,10 @@ impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {}
 
 impl Transport for tokio::net::TcpStream {
     const READINESS: bool = true;
+
+    fn into_shelvable(self) -> Option<Shelvable> {
+        self.into_std().ok().map(Shelvable::Tcp)
+    }
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::TcpStream::poll_read_ready(self, cx)
@@ -170,6 +187,31 @@ const DISCARD_LIMIT: u64 = 64 * 1024;
 enum HeadOutcome {
     Head(unyoke_http::RequestHead),
     Close,
+    /// Nothing arrived for [`SHELVE_AFTER`]: set the connection aside. Carries the
+    /// deadline of its wait (the keep-alive timeout, or the first request's header timeout).
+    Idle(Instant),
+}
+
+/// How a connection's task begins.
+pub(crate) enum Start {
+    /// Just accepted.
+    Accepted,
+    /// Taken back from the idle shelf; `first_deadline` is set if its first request has
+    /// not come yet (its header timeout still runs).
+    Unshelved { first_deadline: Option<Instant> },
+}
+
+/// How a connection's task ends.
+pub(crate) enum Ended<T> {
+    /// The connection is closed.
+    Closed,
+    /// The connection waits for its next request and may be set aside.
+    Idle {
+        io: T,
+        info: Arc<ConnInfo>,
+        deadline: Instant,
+        first: bool,
+    },
 }
 
 struct Conn<'a, H: Handler, T: Transport> {
@@ -181,15 +223,20 @@ struct Conn<'a, H: Handler, T: Transport> {
     wbuf: Vec<u8>,
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one connection until it closes or goes idle long enough to be set aside.
 pub(crate) async fn serve<H: Handler, T: Transport>(
     shared: Arc<Shared<H>>,
     io: T,
     info: Arc<ConnInfo>,
-) {
+    start: Start,
+) -> Ended<T> {
     let mut io = io;
     let mut buf = BytesMut::new();
-    let info = if shared.config.proxy_protocol {
+    let (mut first, mut first_deadline) = match start {
+        Start::Accepted => (true, None),
+        Start::Unshelved { first_deadline } => (first_deadline.is_some(), first_deadline),
+    };
+    let info = if shared.config.proxy_protocol && matches!(start, Start::Accepted) {
         // The proxy speaks first; without a valid header the connection is closed
         // without a response (it is not from the proxy).
         match read_proxy_header(&shared, &mut io, &mut buf).await {
@@ -203,7 +250,7 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
                 Arc::new(i)
             }
             Some(unyoke_http::ProxyInfo::Local) => info,
-            None => return,
+            None => return Ended::Closed,
         }
     } else {
         info
@@ -216,11 +263,18 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
         info,
         wbuf: Vec::new(),
     };
-    let mut first = true;
     loop {
-        let head = match conn.read_head(first).await {
+        let head = match conn.read_head(first, first_deadline.take()).await {
             HeadOutcome::Head(h) => h,
             HeadOutcome::Close => break,
+            HeadOutcome::Idle(deadline) => {
+                return Ended::Idle {
+                    io: conn.io,
+                    info: conn.info,
+                    deadline,
+                    first,
+                }
+            }
         };
         first = false;
         // Boxed: an idle connection's task then carries only the small head-reading
@@ -231,6 +285,7 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
         }
     }
     let _ = conn.io.shutdown().await;
+    Ended::Closed
 }
 
 /// Reads and strips a PROXY protocol header (v1 or v2) within the header timeout.
@@ -259,11 +314,12 @@ async fn read_proxy_header<H: Handler, T: Transport>(
 
 impl<H: Handler, T: Transport> Conn<'_, H, T> {
     /// Reads until a request head is complete. Between requests the keep-alive timeout
-    /// applies; once a byte of a head arrived, the header timeout bounds the whole head.
-    async fn read_head(&mut self, first: bool) -> HeadOutcome {
+    /// applies; once a byte of a head arrived, the header timeout bounds the whole head
+    /// (for the first request, from the accept: `first_deadline` when it was set earlier).
+    async fn read_head(&mut self, first: bool, first_deadline: Option<Instant>) -> HeadOutcome {
         let cfg = &self.shared.config;
         let mut deadline: Option<Instant> = if first {
-            Some(Instant::now() + cfg.header_timeout)
+            Some(first_deadline.unwrap_or_else(|| Instant::now() + cfg.header_timeout))
         } else {
             None
         };
@@ -281,17 +337,22 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             if !idle && deadline.is_none() {
                 deadline = Some(Instant::now() + cfg.header_timeout);
             }
-            let until = deadline.unwrap_or_else(|| Instant::now() + cfg.keepalive_timeout);
+            let now = Instant::now();
+            let until = deadline.unwrap_or(now + cfg.keepalive_timeout);
             if idle {
                 // Between requests, hold no buffers: an idle connection then costs little
-                // more than its socket. Wait for bytes, then allocate.
+                // more than its socket. Wait for bytes, then allocate. A socket that can be
+                // set aside waits at most SHELVE_AFTER here (one timer either way).
                 self.buf = BytesMut::new();
                 self.wbuf = Vec::new();
+                let shelve_at = now + SHELVE_AFTER;
+                let shelve = T::READINESS && shelve_at < until;
+                let wait_until = if shelve { shelve_at } else { until };
                 let io = &self.io;
                 let stop = &self.shared.stop_notify;
                 let ready = tokio::select! {
                     biased;
-                    r = timeout_at(until, std::future::poll_fn(|cx| io.poll_read_ready(cx))) => r,
+                    r = timeout_at(wait_until, std::future::poll_fn(|cx| io.poll_read_ready(cx))) => r,
                     // A connection that has not sent its first request yet may be one the
                     // kernel queued just before the stop (a reload, a rolling restart):
                     // it keeps its header timeout (the grace period bounds it anyway) and
@@ -300,6 +361,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 };
                 match ready {
                     Ok(Ok(())) => {}
+                    Err(_) if shelve => return HeadOutcome::Idle(until),
                     _ => return HeadOutcome::Close,
                 }
             }

@@ -12,9 +12,10 @@ use unyoke_http::Limits;
 
 use crate::access_log::{AccessLog, LogFormat};
 use crate::clock::DateCache;
-use crate::connection::{self, ConnInfo, PeerAddr, Policy};
+use crate::connection::{self, ConnInfo, Ended, PeerAddr, Policy, Start};
 use crate::dispatch::{Dispatcher, Gate, Job};
 use crate::exchange::{Exchange, Waking};
+use crate::idle::{IdlePool, Shelvable, Woken};
 use crate::listener::{Listener, TokioListener};
 use crate::Handler;
 
@@ -162,6 +163,8 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Dispatch threads alive.
     pub threads: u64,
+    /// Open connections set aside while idle (counted in `open_connections` too).
+    pub idle_connections: u64,
     /// Responses by status class: index 0 for none sent (client gone), 1 for 1xx … 5 for 5xx.
     pub responses_by_class: [u64; 6],
     /// Request durations (head received → response end): counts per bucket of
@@ -292,6 +295,8 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) stop_notify: Notify,
     /// Slots for requests in progress, when `maximum_simultaneous_requests` is set.
     pub(crate) request_slots: Option<Arc<Semaphore>>,
+    /// Idle connections set aside.
+    pub(crate) idle: IdlePool,
     connection_events: bool,
     handler: Arc<H>,
     dispatcher: Arc<Dispatcher<Task<H>>>,
@@ -311,6 +316,16 @@ impl<H: Handler> Shared<H> {
 
     pub(crate) fn waking(&self) -> Arc<dyn Waking> {
         Arc::clone(&self.waking)
+    }
+
+    /// The bookkeeping of a connection's end (`info` is needed only for the hook).
+    pub(crate) fn connection_closed(&self, info: Option<Arc<ConnInfo>>) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        if self.connection_events {
+            if let Some(info) = info {
+                self.submit(WorkItem::Connection(info, false));
+            }
+        }
     }
 
     fn finish(&self) {
@@ -359,6 +374,7 @@ impl<H: Handler> Engine<H> {
             policy,
             stop_notify: Notify::new(),
             request_slots,
+            idle: IdlePool::new()?,
             connection_events: handler.wants_connection_events(),
             handler: Arc::new(handler),
             dispatcher,
@@ -394,6 +410,7 @@ impl<H: Handler> Engine<H> {
             }
         }
         self.rt.spawn(housekeeping(Arc::clone(&self.shared)));
+        self.rt.spawn(crate::idle::watch(Arc::clone(&self.shared)));
         self.rt
             .spawn(Arc::clone(&self.shared.dispatcher).gate_yielder());
         self.shared.dispatcher.start(Arc::clone(&self.rt));
@@ -439,6 +456,8 @@ impl<H: Handler> Engine<H> {
             let deadline = tokio::time::Instant::now() + grace;
             loop {
                 shared.stop_notify.notify_waiters();
+                let closed = shared.idle.sweep(tokio::time::Instant::now(), true);
+                crate::idle::closed(&shared, closed);
                 if shared.stats.open.load(Ordering::Relaxed) == 0
                     || tokio::time::Instant::now() >= deadline
                 {
@@ -469,6 +488,7 @@ impl<H: Handler> Engine<H> {
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             threads: self.shared.dispatcher.threads() as u64,
+            idle_connections: self.shared.idle.len() as u64,
             responses_by_class: std::array::from_fn(|i| c.by_class[i].load(Ordering::Relaxed)),
             duration_buckets: std::array::from_fn(|i| c.durations[i].load(Ordering::Relaxed)),
             duration_sum_us: c.duration_sum_us.load(Ordering::Relaxed),
@@ -493,6 +513,7 @@ fn tune_allocator() {
 /// wake up 200 times a second).
 async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
     let mut last_refresh = tokio::time::Instant::now();
+    let mut last_sweep = last_refresh;
     loop {
         let busy = shared.stats.in_flight.load(Ordering::Relaxed) > 0;
         tokio::time::sleep(Duration::from_millis(if busy { 5 } else { 100 })).await;
@@ -508,24 +529,96 @@ async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
                 log.flush();
             }
         }
+        let now = tokio::time::Instant::now();
+        if now.saturating_duration_since(last_sweep) >= crate::idle::SWEEP_EVERY {
+            last_sweep = now;
+            let stopping = shared.policy.stopping.load(Ordering::Relaxed);
+            let closed = shared.idle.sweep(now, stopping);
+            crate::idle::closed(&shared, closed);
+        }
     }
 }
 
-/// Runs one connection (the future `serve` makes), then the bookkeeping of its end. The
-/// future is made here rather than passed in: a future argument would be stored twice in
-/// this one's state (as the argument and as the awaited value), doubling the task.
-async fn connection_task<H: Handler, F: std::future::Future<Output = ()>>(
+/// Runs one connection (the future `serve` makes), then the bookkeeping of its end, or
+/// sets it aside when it went idle. The future is made here rather than passed in: a
+/// future argument would be stored twice in this one's state (as the argument and as the
+/// awaited value), doubling the task.
+async fn connection_task<H: Handler, T: connection::Transport, F>(
     shared: Arc<Shared<H>>,
     info: Arc<ConnInfo>,
     permit: tokio::sync::OwnedSemaphorePermit,
     serve: impl FnOnce(Arc<Shared<H>>, Arc<ConnInfo>) -> F,
-) {
-    serve(Arc::clone(&shared), Arc::clone(&info)).await;
-    shared.stats.open.fetch_sub(1, Ordering::Relaxed);
-    if shared.connection_events {
-        shared.submit(WorkItem::Connection(info, false));
-    }
+) where
+    F: std::future::Future<Output = Ended<T>>,
+{
+    let ended = serve(Arc::clone(&shared), Arc::clone(&info)).await;
+    let info = match ended {
+        Ended::Closed => Some(info),
+        Ended::Idle {
+            io,
+            info,
+            deadline,
+            first,
+        } => {
+            // A graceful stop closes idle keep-alive connections rather than shelving them.
+            let stopping = shared.policy.stopping.load(Ordering::Relaxed) && !first;
+            match io.into_shelvable() {
+                Some(io) if !stopping => {
+                    // The connection's description is kept only if it cannot be read
+                    // back from the socket, or a hook will want it at the close.
+                    let keep = (shared.config.proxy_protocol || shared.connection_events)
+                        .then(|| Arc::clone(&info));
+                    match shared
+                        .idle
+                        .shelve(io, keep, info.id, permit, deadline, first)
+                    {
+                        Ok(()) => return,
+                        Err((io, permit)) => {
+                            drop(io);
+                            shared.connection_closed(Some(info));
+                            drop(permit);
+                            return;
+                        }
+                    }
+                }
+                _ => Some(info),
+            }
+        }
+    };
+    shared.connection_closed(info);
     drop(permit);
+}
+
+/// Gives a connection taken back from the idle shelf a task again.
+pub(crate) fn unshelve<H: Handler>(shared: &Arc<Shared<H>>, w: Woken) {
+    let Woken {
+        io,
+        info,
+        permit,
+        first_deadline,
+    } = w;
+    let start = Start::Unshelved { first_deadline };
+    let registered = match io {
+        Shelvable::Tcp(s) => tokio::net::TcpStream::from_std(s)
+            .map(|s| spawn_connection(shared, s, Arc::clone(&info), permit, start)),
+        Shelvable::Unix(s) => tokio::net::UnixStream::from_std(s)
+            .map(|s| spawn_connection(shared, s, Arc::clone(&info), permit, start)),
+    };
+    if registered.is_err() {
+        shared.connection_closed(Some(info));
+    }
+}
+
+/// One task for a plain connection (see [`connection_task`]).
+fn spawn_connection<H: Handler, T: connection::Transport + Sync>(
+    shared: &Arc<Shared<H>>,
+    io: T,
+    info: Arc<ConnInfo>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    start: Start,
+) {
+    let serve = move |sh, i| connection::serve(sh, io, i, start);
+    tokio::spawn(connection_task(Arc::clone(shared), info, permit, serve));
 }
 
 async fn accept_loop<H: Handler>(
@@ -582,7 +675,6 @@ async fn accept_loop<H: Handler>(
                     local: local.clone(),
                     policy: Arc::clone(&shared.policy),
                 });
-                let shared2 = Arc::clone(&shared);
                 shared.stats.open.fetch_add(1, Ordering::Relaxed);
                 if shared.connection_events {
                     shared.submit(WorkItem::Connection(Arc::clone(&info), true));
@@ -595,19 +687,16 @@ async fn accept_loop<H: Handler>(
                     Accepted::Tcp(s) => {
                         let _ = s.set_nodelay(true);
                         match tls {
-                            None => {
-                                let serve = move |sh, i| connection::serve(sh, s, i);
-                                tokio::spawn(connection_task(shared2, info, permit, serve));
-                            }
+                            None => spawn_connection(&shared, s, info, permit, Start::Accepted),
                             Some(acceptor) => {
                                 let serve = move |sh, i| serve_tls(sh, s, i, acceptor);
-                                tokio::spawn(connection_task(shared2, info, permit, serve));
+                                let shared = Arc::clone(&shared);
+                                tokio::spawn(connection_task(shared, info, permit, serve));
                             }
                         }
                     }
                     Accepted::Unix(s) => {
-                        let serve = move |sh, i| connection::serve(sh, s, i);
-                        tokio::spawn(connection_task(shared2, info, permit, serve));
+                        spawn_connection(&shared, s, info, permit, Start::Accepted)
                     }
                 }
             }
@@ -633,10 +722,14 @@ async fn serve_tls<H: Handler>(
     stream: tokio::net::TcpStream,
     info: Arc<ConnInfo>,
     acceptor: tokio_rustls::TlsAcceptor,
-) {
+) -> Ended<tokio::net::TcpStream> {
     let deadline = tokio::time::Instant::now() + shared.config.header_timeout;
-    if let Ok(Ok(s)) = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        connection::serve(shared, s, info).await;
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        // A TLS session cannot be set aside: `Ended::Idle` is never returned for it.
+        Ok(Ok(s)) => match connection::serve(shared, s, info, Start::Accepted).await {
+            Ended::Closed | Ended::Idle { .. } => Ended::Closed,
+        },
+        _ => Ended::Closed,
     }
 }
 

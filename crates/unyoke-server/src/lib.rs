@@ -10,6 +10,7 @@ mod connection;
 mod dispatch;
 mod engine;
 mod exchange;
+mod idle;
 mod listener;
 mod tls;
 

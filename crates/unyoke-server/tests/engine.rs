@@ -911,15 +911,7 @@ fn partial_head_times_out_with_408() {
     assert_eq!(r.status, 408);
     assert!(r.says_close(), "{r:?}");
     c.expect_closed();
-    let elapsed = t0.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(250),
-        "closed too early: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "closed too late: {elapsed:?}"
-    );
+    assert_closed_between(t0, 250, 1000);
     server.stop();
 }
 
@@ -955,6 +947,19 @@ fn silent_new_connection_is_closed_after_the_header_timeout() {
     server.stop();
 }
 
+/// Asserts that what started at `t0` ended between `lo_ms` and `hi_ms` later.
+fn assert_closed_between(t0: Instant, lo_ms: u64, hi_ms: u64) {
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(lo_ms),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(hi_ms),
+        "closed too late: {elapsed:?}"
+    );
+}
+
 #[test]
 fn idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
     let server = Server::start(Config {
@@ -966,15 +971,7 @@ fn idle_keep_alive_connection_is_closed_after_the_keepalive_timeout() {
     assert_eq!(c.read_response().body, b"hello");
     let t0 = Instant::now();
     c.expect_closed();
-    let elapsed = t0.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(250),
-        "closed too early: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "closed too late: {elapsed:?}"
-    );
+    assert_closed_between(t0, 250, 1000);
     server.stop();
 }
 
@@ -1218,16 +1215,24 @@ fn handler_sees_peer_and_local_addresses() {
     server.stop();
 }
 
-#[test]
-fn unix_socket_listener_serves_beside_tcp() {
-    let dir = std::env::temp_dir().join(format!("unyoke-engine-test-{}", std::process::id()));
+/// A server also listening on a UNIX socket in a fresh temporary directory.
+fn unix_server(tag: &str) -> (Server, std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("unyoke-engine-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("unix.sock");
     let _ = std::fs::remove_file(&path);
-    let server = Server::start_with(test_config(), Some(&path));
-    let mut unix = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    (Server::start_with(test_config(), Some(&path)), dir, path)
+}
+
+fn unix_client(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let unix = std::os::unix::net::UnixStream::connect(path).expect("connect");
     unix.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     unix.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    unix
+}
+
+/// Asks `/whoami` with `Connection: close`; the answer names the UNIX socket.
+fn expect_whoami_over_unix(unix: &mut std::os::unix::net::UnixStream, path: &std::path::Path) {
     unix.write_all(b"GET /whoami HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         .expect("write");
     let mut all = Vec::new();
@@ -1238,11 +1243,207 @@ fn unix_socket_listener_serves_beside_tcp() {
         text.ends_with(&format!("\r\n\r\nunix: unix:{}", path.display())),
         "{text:?}"
     );
+}
+
+#[test]
+fn unix_socket_listener_serves_beside_tcp() {
+    let (server, dir, path) = unix_server("test");
+    let mut unix = unix_client(&path);
+    expect_whoami_over_unix(&mut unix, &path);
     // TCP still works beside it.
     let mut c = server.client();
     c.send(&get("/hello"));
     assert_eq!(c.read_response().body, b"hello");
     drop(c);
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ----- idle connections set aside -----
+//
+// A connection that waits `SHELVE_AFTER` (1 s) for its next request leaves its task and
+// is kept as a bare socket (idle.rs); these tests wait past that, then check that the
+// shelved connection is still served, and still timed out and closed as before.
+
+/// Longer than the wait before a connection is set aside.
+const PAST_SHELVING: Duration = Duration::from_millis(1500);
+
+/// Waits until the engine's idle-connection count is `n`; false after 2 s.
+fn wait_idle_count(server: &Server, n: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if server.engine.stats().idle_connections == n {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn idle_keep_alive_connection_is_shelved_and_served_again() {
+    let server = Server::start(test_config());
+    let mut c = server.client();
+    c.send(&get("/hello"));
+    assert_eq!(c.read_response().body, b"hello");
+    assert_eq!(server.engine.stats().idle_connections, 0);
+    thread::sleep(PAST_SHELVING);
+    let stats = server.engine.stats();
+    assert_eq!(stats.idle_connections, 1, "not set aside after 1.5 s idle");
+    assert_eq!(
+        stats.open_connections, 1,
+        "a shelved connection is still open"
+    );
+    // Taken back when bytes arrive, several times over, and served in order.
+    for round in 0..2 {
+        c.send(&get("/whoami"));
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "round {round}");
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        let local = c.stream.local_addr().expect("local_addr").to_string();
+        assert_eq!(text, format!("{local} {}", server.addr), "round {round}");
+        assert_eq!(server.engine.stats().idle_connections, 0);
+        c.send(&get("/hello"));
+        assert_eq!(c.read_response().body, b"hello");
+        thread::sleep(PAST_SHELVING);
+        assert_eq!(server.engine.stats().idle_connections, 1, "round {round}");
+    }
+    // Pipelined requests on a shelved connection are all answered.
+    let mut two = get("/hello");
+    two.extend(get("/whoami"));
+    c.send(&two);
+    assert_eq!(c.read_response().body, b"hello");
+    assert_eq!(c.read_response().status, 200);
+    drop(c);
+    server.stop();
+}
+
+#[test]
+fn shelved_connection_is_closed_at_its_keepalive_timeout() {
+    let server = Server::start(Config {
+        keepalive_timeout: Duration::from_millis(2500),
+        ..test_config()
+    });
+    let mut c = server.client();
+    c.read_timeout(Duration::from_secs(5));
+    c.send(&get("/hello"));
+    assert_eq!(c.read_response().body, b"hello");
+    let t0 = Instant::now();
+    c.expect_closed();
+    assert_closed_between(t0, 2400, 3500);
+    assert!(wait_idle_count(&server, 0));
+    assert_eq!(server.engine.stats().open_connections, 0);
+    server.stop();
+}
+
+#[test]
+fn silent_new_connection_is_shelved_and_keeps_its_header_timeout() {
+    let server = Server::start(Config {
+        header_timeout: Duration::from_millis(2500),
+        ..test_config()
+    });
+    let t0 = Instant::now();
+    let mut c = server.client();
+    c.read_timeout(Duration::from_secs(5));
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    // Bytes of a head wake it; the header timeout still counts from the accept.
+    c.send(b"GET /hello HTTP/1.1\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 408);
+    assert_closed_between(t0, 2400, 3500);
+    c.expect_closed();
+
+    // One that never sends anything is closed at the header timeout, from the shelf.
+    let t0 = Instant::now();
+    let mut quiet = server.client();
+    quiet.read_timeout(Duration::from_secs(5));
+    quiet.expect_closed();
+    assert_closed_between(t0, 2400, 3500);
+    assert!(wait_idle_count(&server, 0));
+    assert_eq!(server.engine.stats().open_connections, 0);
+    server.stop();
+}
+
+#[test]
+fn silent_new_connection_is_served_from_the_shelf() {
+    let server = Server::start(test_config());
+    let mut c = server.client();
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    c.send(&get("/hello"));
+    assert_eq!(c.read_response().body, b"hello");
+    drop(c);
+    server.stop();
+}
+
+#[test]
+fn shelved_connection_whose_client_leaves_is_closed() {
+    let server = Server::start(test_config());
+    let mut c = server.client();
+    c.send(&get("/hello"));
+    assert_eq!(c.read_response().body, b"hello");
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    drop(c);
+    assert!(wait_idle_count(&server, 0), "the hang-up was not noticed");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.engine.stats().open_connections != 0 {
+        assert!(Instant::now() < deadline, "the connection was never closed");
+        thread::sleep(Duration::from_millis(10));
+    }
+    server.stop();
+}
+
+#[test]
+fn graceful_shutdown_closes_shelved_keep_alive_connections() {
+    let mut server = Server::start(test_config());
+    let mut c = server.client();
+    c.send(&get("/hello"));
+    assert_eq!(c.read_response().body, b"hello");
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    let t0 = Instant::now();
+    server.engine.shutdown(Duration::from_secs(5));
+    c.expect_closed();
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(
+        server.wait_run_returned(Duration::from_secs(2)),
+        "run did not return after the shelved connection closed"
+    );
+}
+
+#[test]
+fn shelved_connections_count_against_max_size() {
+    let server = Server::start(Config {
+        max_size: 1,
+        ..test_config()
+    });
+    let mut a = server.client();
+    a.send(&get("/hello"));
+    assert_eq!(a.read_response().body, b"hello");
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    let mut b = server.client();
+    b.send(&get("/hello"));
+    b.expect_silence(Duration::from_millis(300));
+    drop(a);
+    assert_eq!(b.read_response().body, b"hello");
+    drop(b);
+    server.stop();
+}
+
+#[test]
+fn shelved_unix_connection_is_served_again() {
+    let (server, dir, path) = unix_server("shelf");
+    let mut unix = unix_client(&path);
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    expect_whoami_over_unix(&mut unix, &path);
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
