@@ -32,6 +32,6 @@ pub use request::{
     BodyKind, Event, Limits, RequestDecoder, RequestHead, Version, MAX_EMPTY_LINES_BEFORE_REQUEST,
 };
 pub use response::{
-    is_hop_by_hop, is_valid_header_name, is_valid_header_value, parse_status, plan_response,
-    write_header, BodyFraming, ResponseFraming,
+    decimal, is_hop_by_hop, is_valid_header_name, is_valid_header_value, parse_status,
+    plan_response, write_header, BodyFraming, ResponseFraming,
 };

@@ -297,8 +297,15 @@ impl EnvironBuilder {
         env.set_item(&self.k_server_port, port)?;
         match &conn.peer {
             PeerAddr::Tcp(a) => {
-                env.set_item(&self.k_remote_addr, a.ip().to_string())?;
-                env.set_item(&self.k_remote_port, a.port().to_string())?;
+                // Formatted on the stack: these two were two heap strings per request.
+                let mut text = [0u8; 48];
+                env.set_item(&self.k_remote_addr, ip_text(a.ip(), &mut text))?;
+                let mut digits = [0u8; 20];
+                let port = unyoke_http::decimal(u64::from(a.port()), &mut digits);
+                env.set_item(
+                    &self.k_remote_port,
+                    std::str::from_utf8(port).unwrap_or_default(),
+                )?;
             }
             PeerAddr::Unix(_) => {
                 env.set_item(&self.k_remote_addr, "")?;
@@ -425,4 +432,55 @@ fn forwarded(
         xff.into_iter().map(|a| (Some(a), None)).collect();
     let (client, _) = pick(&hops);
     (client, proto)
+}
+
+/// An IP address as text, written into `buf` (IPv6 in its standard compressed form).
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
+    let len = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut at = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[at] = b'.';
+                    at += 1;
+                }
+                let mut digits = [0u8; 20];
+                let d = unyoke_http::decimal(u64::from(octet), &mut digits);
+                buf[at..at + d.len()].copy_from_slice(d);
+                at += d.len();
+            }
+            at
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // At most 45 characters ("ffff:...:255.255.255.255"), so the write fits.
+            let _ = write!(cursor, "{v6}");
+            cursor.position() as usize
+        }
+    };
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod ip_text_tests {
+    use super::ip_text;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.2.30.4",
+            "::1",
+            "fe80::1:2",
+            "::ffff:192.168.1.1",
+            "2001:db8:85a3:8d3:1319:8a2e:370:7348",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 48];
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string());
+        }
+    }
 }

@@ -229,16 +229,17 @@ impl WsgiHandler {
         result: Bound<'_, PyAny>,
         env: &Bound<'_, PyDict>,
     ) {
-        // The common case: a list (or tuple) of bytes, all known now.
-        let items = if let Ok(list) = result.downcast_exact::<PyList>() {
-            Some(list.iter().collect::<Vec<_>>())
+        // The common case: a list (or tuple) of bytes, all known now. (Iterating it
+        // runs no Python code, so the list cannot change meanwhile.)
+        let all = if let Ok(list) = result.downcast_exact::<PyList>() {
+            Some(self.respond_all(ex, sr, list.iter()))
         } else if let Ok(tuple) = result.downcast_exact::<PyTuple>() {
-            Some(tuple.iter().collect::<Vec<_>>())
+            Some(self.respond_all(ex, sr, tuple.iter()))
         } else {
             None
         };
-        if let Some(items) = items {
-            if let Err(e) = self.respond_all(ex, sr, &items) {
+        if let Some(sent) = all {
+            if let Err(e) = sent {
                 self.fail(py, ex, Some(sr), e, "sending the response");
             }
             return;
@@ -293,28 +294,36 @@ impl WsgiHandler {
         st.iterator = iterator;
     }
 
-    fn respond_all(
+    fn respond_all<'py>(
         &self,
         ex: &Ex,
-        sr: &Bound<'_, StartResponse>,
-        items: &[Bound<'_, PyAny>],
+        sr: &Bound<'py, StartResponse>,
+        items: impl Iterator<Item = Bound<'py, PyAny>>,
     ) -> PyResult<()> {
         let mut sr = sr.borrow_mut();
-        let mut chunks = Vec::with_capacity(items.len());
+        // The first chunk apart: a one-item body (the usual) then needs no vector.
+        let mut first = None;
+        let mut chunks = Vec::new();
         let mut total = 0u64;
         for item in items {
             let b = item.downcast::<PyBytes>().map_err(|_| {
                 pyo3::exceptions::PyTypeError::new_err(format!(
                     "the response iterable yielded {}, not bytes",
-                    type_name(item)
+                    type_name(&item)
                 ))
             })?;
             let data = b.as_bytes();
             if !data.is_empty() {
                 total += data.len() as u64;
-                chunks.push(crate::start_response::to_bytes(b));
+                let bytes = crate::start_response::to_bytes(b);
+                if first.is_none() {
+                    first = Some(bytes);
+                } else {
+                    chunks.push(bytes);
+                }
             }
         }
+        let chunks = first.into_iter().chain(chunks);
         sr.sent += total;
         if let Some(mistake) = sr.length_mistake() {
             self.warn_app(ex, &mistake);

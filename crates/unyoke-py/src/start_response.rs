@@ -54,10 +54,11 @@ pub fn to_bytes(b: &Bound<'_, PyBytes>) -> Bytes {
 pub struct StartResponse {
     pub(crate) ex: Arc<Exchange<ReqState>>,
     pub(crate) shared: Arc<HandlerShared>,
-    /// The status line (e.g. b"200 OK") and its code, once start_response was called.
-    pub(crate) status: Option<(u16, Vec<u8>)>,
-    /// Encoded `Name: value\r\n` lines from the application.
-    pub(crate) headers: Vec<u8>,
+    /// The status code, once start_response was called.
+    pub(crate) status: Option<u16>,
+    /// The response head so far: the status line and the application's header lines,
+    /// each ending in CRLF (one buffer, so a response head is one allocation).
+    pub(crate) head: Vec<u8>,
     pub(crate) content_length: Option<u64>,
     /// The application sent `Connection: close`.
     pub(crate) close: bool,
@@ -97,7 +98,7 @@ impl StartResponse {
 
     /// A body is sent for this response (not HEAD, 1xx, 204, 304).
     fn body_expected(&self) -> bool {
-        let code = self.status.as_ref().map_or(200, |(c, _)| *c);
+        let code = self.status.unwrap_or(200);
         !(self.ex.head.is_head() || code < 200 || code == 204 || code == 304)
     }
     pub fn new(ex: Arc<Exchange<ReqState>>, shared: Arc<HandlerShared>) -> Self {
@@ -105,7 +106,7 @@ impl StartResponse {
             ex,
             shared,
             status: None,
-            headers: Vec::new(),
+            head: Vec::new(),
             content_length: None,
             close: false,
             head_sent: false,
@@ -126,31 +127,23 @@ impl StartResponse {
     /// Builds the response head (see `send_head`) and marks it sent; the caller hands it
     /// to the exchange.
     pub fn prepare_head(&mut self, total: Option<u64>) -> PyResult<ResponseStart> {
-        let Some((code, status)) = &self.status else {
+        let Some(code) = self.status else {
             return Err(PyAssertionError::new_err(
                 "the application produced a body before calling start_response",
             ));
         };
-        let code = *code;
-        let pretend10 = self.shared.settings.pretend_http10;
-        let version = if pretend10 {
+        let version = if self.shared.settings.pretend_http10 {
             Version::Http10
         } else {
             self.ex.head.version
         };
-        let mut head = Vec::with_capacity(64 + self.headers.len());
-        head.extend_from_slice(if pretend10 {
-            b"HTTP/1.0 "
-        } else {
-            b"HTTP/1.1 "
-        });
-        head.extend_from_slice(status);
-        head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(&self.headers);
+        let mut head = std::mem::take(&mut self.head);
         let bodiless = self.ex.head.is_head() || code < 200 || code == 204 || code == 304;
         if self.content_length.is_none() && !bodiless {
             if let Some(n) = total {
-                unyoke_http::write_header(&mut head, b"Content-Length", n.to_string().as_bytes());
+                let mut digits = [0u8; 20];
+                let n_text = unyoke_http::decimal(n, &mut digits);
+                unyoke_http::write_header(&mut head, b"Content-Length", n_text);
                 self.content_length = Some(n);
             }
         }
@@ -184,7 +177,13 @@ impl StartResponse {
         Ok(self.ex.send(OutChunk::Data(to_bytes(data))))
     }
 
-    fn set_status(&mut self, status: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Validates the status and headers and encodes them as the response head; nothing
+    /// changes if they are invalid.
+    fn set_status_and_headers(
+        &mut self,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let s = status
             .downcast::<PyString>()
             .map_err(|_| PyTypeError::new_err("status must be a str, e.g. '200 OK'"))?
@@ -194,12 +193,14 @@ impl StartResponse {
             .ok_or_else(|| {
                 PyValueError::new_err(format!("invalid status line {s:?}: expected e.g. '200 OK'"))
             })?;
-        self.status = Some((code, s.as_bytes().to_vec()));
-        Ok(())
-    }
-
-    fn set_headers(&mut self, headers: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut out = Vec::with_capacity(128);
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(if self.shared.settings.pretend_http10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(b"\r\n");
         let mut content_length = None;
         let mut close = false;
         let capitalize = self.shared.settings.capitalize_response_headers;
@@ -290,19 +291,24 @@ impl StartResponse {
                 unyoke_http::write_header(&mut out, name.as_bytes(), &value);
             }
         }
-        self.headers = out;
+        self.status = Some(code);
+        self.head = out;
         self.content_length = content_length;
         self.close = close;
         Ok(())
     }
 }
 
-fn latin1_bytes(s: &Bound<'_, PyString>) -> Option<Vec<u8>> {
+/// The string's latin-1 bytes: borrowed when it is ASCII (nearly always), else encoded.
+fn latin1_bytes<'a>(s: &'a Bound<'_, PyString>) -> Option<std::borrow::Cow<'a, [u8]>> {
     let s = s.to_str().ok()?;
     if s.is_ascii() {
-        return Some(s.as_bytes().to_vec());
+        return Some(std::borrow::Cow::Borrowed(s.as_bytes()));
     }
-    s.chars().map(|c| u8::try_from(c as u32).ok()).collect()
+    s.chars()
+        .map(|c| u8::try_from(c as u32).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(std::borrow::Cow::Owned)
 }
 
 #[pymethods]
@@ -329,8 +335,7 @@ impl StartResponse {
                 "start_response called a second time without exc_info",
             ));
         }
-        slf.set_status(status)?;
-        slf.set_headers(headers)?;
+        slf.set_status_and_headers(status, headers)?;
         let obj = slf.into_pyobject(py)?;
         obj.getattr("write")
     }

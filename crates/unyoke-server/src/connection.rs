@@ -1,6 +1,7 @@
 //! One connection: read requests, hand them to the dispatcher, write the responses, in
 //! order, with every timeout and limit. The life of a connection is in `serve`.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -180,6 +181,15 @@ const HEAD_READ_SIZE: usize = 8 * 1024;
 /// How much to read at a time while receiving a request body.
 const BODY_READ_SIZE: usize = 64 * 1024;
 
+/// Body pieces up to this size are copied into the write buffer after the head (at most
+/// COALESCE_CHUNKS of them), larger ones are written from where they are.
+const COALESCE_UP_TO: usize = 1024;
+const COALESCE_CHUNKS: usize = 16;
+
+/// Buffers up to this size are kept between the requests of a connection; larger ones
+/// (a body's) are freed when the connection goes idle.
+const KEEP_BUFFER_UP_TO: usize = 16 * 1024;
+
 /// Largest unread request body the server reads and discards to keep a connection alive
 /// after the application answered without reading it; above it, the connection closes.
 const DISCARD_LIMIT: u64 = 64 * 1024;
@@ -340,11 +350,17 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             let now = Instant::now();
             let until = deadline.unwrap_or(now + cfg.keepalive_timeout);
             if idle {
-                // Between requests, hold no buffers: an idle connection then costs little
-                // more than its socket. Wait for bytes, then allocate. A socket that can be
-                // set aside waits at most SHELVE_AFTER here (one timer either way).
-                self.buf = BytesMut::new();
-                self.wbuf = Vec::new();
+                // A new connection holds no buffers until bytes come. Between requests a
+                // connection keeps its small buffers (reusing them saves an 8 KiB
+                // allocation and the growth of the write buffer on every request) for as
+                // long as it waits in its task: at most SHELVE_AFTER for a socket that can
+                // be set aside (one timer either way), which then frees the whole task.
+                if first || self.buf.capacity() > KEEP_BUFFER_UP_TO {
+                    self.buf = BytesMut::new();
+                }
+                if first || self.wbuf.capacity() > KEEP_BUFFER_UP_TO {
+                    self.wbuf = Vec::new();
+                }
                 let shelve_at = now + SHELVE_AFTER;
                 let shelve = T::READINESS && shelve_at < until;
                 let wait_until = if shelve { shelve_at } else { until };
@@ -379,7 +395,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 };
                 match read {
                     Poll::Pending => {
-                        self.buf = BytesMut::new();
+                        if first {
+                            self.buf = BytesMut::new();
+                        }
                         continue;
                     }
                     Poll::Ready(Ok(0)) => return HeadOutcome::Close,
@@ -426,7 +444,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
     fn make_room(&mut self, size: usize) {
         if self.buf.is_empty() {
             if self.buf.capacity() < size / 2 {
-                self.buf = BytesMut::with_capacity(size);
+                // Takes back the whole allocation when nothing else holds a slice of it
+                // (the previous request is over), else allocates anew: nothing to copy.
+                self.buf.reserve(size);
             }
         } else if self.buf.capacity() - self.buf.len() < size / 8 {
             self.buf.reserve(size);
@@ -554,6 +574,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
 
         let mut continue_sent = false;
         let mut writer = BodyWriter::default();
+        let mut chunks: VecDeque<OutChunk> = VecDeque::new();
         let mut head_written = false;
         let mut aborted = false;
         let mut gone = false;
@@ -704,16 +725,18 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 break;
             }
             // Write whatever the application queued.
-            let (start, chunks, finished, abort, want_more) = {
+            let (start, finished, abort, want_more) = {
                 let mut inner = ex.lock();
                 let start = inner.start.take();
                 if start.is_some() {
                     inner.start_taken = true;
                 }
-                let chunks: Vec<OutChunk> = inner.out.drain(..).collect();
+                // Swapped rather than drained into a new vector: the two queues keep
+                // their capacity across the turns of a streamed response.
+                std::mem::swap(&mut inner.out, &mut chunks);
                 inner.out_bytes = 0;
                 let want_more = std::mem::take(&mut inner.want_more);
-                (start, chunks, inner.finished, inner.aborted, want_more)
+                (start, inner.finished, inner.aborted, want_more)
             };
             if !chunks.is_empty() {
                 // A writer waiting for room may go on.
@@ -731,13 +754,14 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 head_written = true;
             } else if !head_written && !chunks.is_empty() {
                 // Body without a head: a handler bug. Drop it rather than desync.
+                chunks.clear();
                 continue;
             }
             if head_written
                 && (!self.wbuf.is_empty() || !chunks.is_empty() || (finished && !writer.ended))
             {
                 let end = finished && !abort;
-                match self.write_body(&mut writer, chunks, end).await {
+                match self.write_body(&mut writer, &mut chunks, end).await {
                     Ok(()) => last_progress = Instant::now(),
                     Err(_) => {
                         gone = true;
@@ -855,18 +879,55 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         w.extend_from_slice(b"\r\n");
     }
 
-    /// Writes the pending head (in `wbuf`) and `chunks` with the response's framing.
+    /// Writes the pending head (in `wbuf`) and `chunks` (emptied) with the response's
+    /// framing.
     async fn write_body(
         &mut self,
         writer: &mut BodyWriter,
-        chunks: Vec<OutChunk>,
+        chunks: &mut VecDeque<OutChunk>,
         end: bool,
     ) -> io::Result<()> {
+        let small = chunks.iter().all(|c| match c {
+            OutChunk::Data(d) => d.len() <= COALESCE_UP_TO,
+            OutChunk::File { .. } => false,
+        }) && chunks.len() <= COALESCE_CHUNKS;
+        if small {
+            // Small pieces are copied after the head and written with one plain write:
+            // cheaper than gathering them (the common `[b"Hello"]` response is one write).
+            let chunked = writer.framing == Some(BodyFraming::Chunked);
+            for chunk in chunks.drain(..) {
+                if let OutChunk::Data(d) = chunk {
+                    if let Some(d) = writer.admit(d) {
+                        if chunked {
+                            self.wbuf
+                                .extend_from_slice(chunk_header(d.len()).as_bytes());
+                            self.wbuf.extend_from_slice(&d);
+                            self.wbuf.extend_from_slice(b"\r\n");
+                        } else {
+                            self.wbuf.extend_from_slice(&d);
+                        }
+                    }
+                }
+            }
+            if end {
+                self.wbuf.extend_from_slice(writer.end());
+            }
+            if !self.wbuf.is_empty() {
+                let deadline = Instant::now() + self.shared.config.inactivity_timeout;
+                match timeout_at(deadline, self.io.write_all(&self.wbuf)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                }
+                self.shared.stats.bytes_out(self.wbuf.len());
+            }
+            self.wbuf.clear();
+            return Ok(());
+        }
         let mut headers: Vec<ChunkHeader> = Vec::new();
         let mut datas: Vec<Bytes> = Vec::with_capacity(chunks.len());
         let mut files: Vec<(std::fs::File, u64, u64)> = Vec::new();
         let mut pending_files_after: Vec<usize> = Vec::new();
-        for chunk in chunks {
+        for chunk in chunks.drain(..) {
             match chunk {
                 OutChunk::Data(d) => {
                     if let Some(d) = writer.admit(d) {

@@ -206,6 +206,23 @@ impl<J: Job> Dispatcher<J> {
         waker.wake();
     }
 
+    /// Wakes the tasks whose wakes were deferred during a call. The vector goes back
+    /// afterwards, so that its capacity serves the next call (a request used to pay for
+    /// growing it anew).
+    fn wake_pending(&self) {
+        let mut wakes = std::mem::take(&mut self.control.lock().pending_wakes);
+        if wakes.is_empty() {
+            return;
+        }
+        for w in wakes.drain(..) {
+            w.wake();
+        }
+        let mut c = self.control.lock();
+        if c.pending_wakes.is_empty() {
+            c.pending_wakes = wakes;
+        }
+    }
+
     /// The application calls running now, with how long they have run, longest first.
     pub fn running(&self) -> Vec<(Duration, String)> {
         let now = Instant::now();
@@ -313,10 +330,7 @@ impl<J: Job> Dispatcher<J> {
         };
         self.control.lock().leader = LeaderState::Io;
         rt.block_on(poll_fn(|cx| {
-            let wakes = std::mem::take(&mut self.control.lock().pending_wakes);
-            for w in wakes {
-                w.wake();
-            }
+            self.wake_pending();
             if ready(cx) {
                 Poll::Ready(())
             } else {
@@ -610,10 +624,7 @@ impl<J: Job> Dispatcher<J> {
         }
         loop {
             let stopping = rt.block_on(poll_fn(|cx| {
-                let wakes = std::mem::take(&mut self.control.lock().pending_wakes);
-                for w in wakes {
-                    w.wake();
-                }
+                self.wake_pending();
                 if self.has_jobs.load(Ordering::Acquire) {
                     return Poll::Ready(false);
                 }

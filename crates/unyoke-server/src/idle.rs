@@ -377,3 +377,14 @@ pub(crate) fn closed<H: Handler>(shared: &Shared<H>, closed: Vec<Closed>) {
         shared.connection_closed(c.info);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shelved_connection_is_one_64_byte_slot() {
+        // The figure design.md gives for an idle connection's memory.
+        assert_eq!(std::mem::size_of::<Option<Entry>>(), 64);
+    }
+}
