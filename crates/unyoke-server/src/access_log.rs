@@ -58,18 +58,9 @@ pub struct Entry<'a> {
 }
 
 /// Appends the decimal digits of `n` (integer formatting without the fmt machinery).
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+fn push_u64(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(unyoke_http::decimal(n, &mut digits));
 }
 
 impl LogFormat {
