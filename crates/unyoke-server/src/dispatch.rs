@@ -210,10 +210,13 @@ impl<J: Job> Dispatcher<J> {
     /// afterwards, so that its capacity serves the next call (a request used to pay for
     /// growing it anew).
     fn wake_pending(&self) {
-        let mut wakes = std::mem::take(&mut self.control.lock().pending_wakes);
-        if wakes.is_empty() {
-            return;
-        }
+        let mut wakes = {
+            let mut c = self.control.lock();
+            if c.pending_wakes.is_empty() {
+                return; // (taking it would drop its capacity)
+            }
+            std::mem::take(&mut c.pending_wakes)
+        };
         for w in wakes.drain(..) {
             w.wake();
         }
