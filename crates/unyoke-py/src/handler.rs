@@ -146,7 +146,7 @@ impl WsgiHandler {
             Err(e) => return self.fail(py, ex, None, e, "building the environ"),
         };
         let posthooks = PyList::empty(py);
-        if let Err(e) = env.set_item("unyoke.posthooks", &posthooks) {
+        if let Err(e) = env.set_item(pyo3::intern!(py, "unyoke.posthooks"), &posthooks) {
             return self.fail(py, ex, None, e, "building the environ");
         }
         let app = match self.route(py, &env) {
@@ -285,7 +285,7 @@ impl WsgiHandler {
         iterator: Option<Py<PyIterator>>,
     ) {
         let closeable = result
-            .hasattr("close")
+            .hasattr(pyo3::intern!(result.py(), "close"))
             .unwrap_or(false)
             .then(|| result.clone().unbind());
         let mut state = ex.state.lock();

@@ -337,7 +337,7 @@ impl StartResponse {
         }
         slf.set_status_and_headers(status, headers)?;
         let obj = slf.into_pyobject(py)?;
-        obj.getattr("write")
+        obj.getattr(pyo3::intern!(py, "write"))
     }
 
     /// The legacy `write(data)` callable: queues `data` for sending now.
