@@ -443,8 +443,9 @@ SETTINGS: Tuple[Setting, ...] = (
         minimum=0.001,
         maximum=MAX_SECONDS,
         help="Time an idle keep-alive connection is kept open waiting for the next request; "
-        "then it is closed. An idle connection holds no buffers (about 6 KiB in all), so "
-        "the default is nginx's, long enough for browsers and pooled clients.",
+        "then it is closed. After a second of waiting, an idle connection is set aside "
+        "as a 64-byte slot (no task, no buffers), so the default is nginx's, long enough "
+        "for browsers and pooled clients.",
     ),
     Setting(
         "responseless_timeout",
