@@ -11,6 +11,10 @@ use unyoke_server::{BodyError, BodyRead, Exchange};
 use crate::handler::ReqState;
 use crate::ClientDisconnected;
 
+/// How long the leader, waiting in its own call for body bytes, drives the engine itself
+/// before it hands it to another thread (other requests' calls wait that long).
+const BRIEF_DRIVE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The request body (`environ['wsgi.input']`). Reads block until data arrives; the
 /// first read sends `100 Continue` when the client asked for it.
 #[pyclass(module = "unyoke._unyoke", name = "Input")]
@@ -39,6 +43,7 @@ impl Input {
         if self.eof || max == 0 {
             return Ok(None);
         }
+        let mut drove = false;
         loop {
             match self.ex.try_read_body(max) {
                 BodyRead::Data(b) => return Ok(Some(b)),
@@ -50,6 +55,14 @@ impl Input {
                     if self.ex.must_drive() {
                         // No thread could take over the engine: drive it from here.
                         self.ex.drive_until_body();
+                    } else if !drove && self.ex.may_drive() {
+                        // The rest of a body being uploaded is usually microseconds away:
+                        // read it from here for a moment rather than hand the engine to
+                        // another thread and back (measured: 10 context switches per
+                        // 1 MiB upload read in 64 KiB pieces). A slow client still gets
+                        // the hand-off after BRIEF_DRIVE.
+                        drove = true;
+                        self.ex.drive_for_body(Some(BRIEF_DRIVE));
                     } else {
                         let ex = Arc::clone(&self.ex);
                         py.allow_threads(move || ex.wait_body());

@@ -17,7 +17,8 @@
 //! i.e. how many calls may block at once.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -324,23 +325,44 @@ impl<J: Job> Dispatcher<J> {
         token != 0 && c.leader_token == token && c.leader == LeaderState::App && !c.standby
     }
 
+    /// Whether the calling thread may drive the runtime while it waits (it is the leader,
+    /// inside an application call): see [`Dispatcher::drive`] with a limit.
+    pub fn may_drive(&self) -> bool {
+        let token = LEADER_TOKEN.with(|t| t.get());
+        let c = self.control.lock();
+        token != 0 && c.leader_token == token && c.leader == LeaderState::App
+    }
+
     /// Drives the runtime from inside an application call until `ready` says so (see
-    /// [`Dispatcher::must_drive`]). `ready` registers the waker it is given when it
-    /// returns false. Jobs queued meanwhile run after the call.
-    pub fn drive(&self, ready: &mut dyn FnMut(&mut std::task::Context<'_>) -> bool) {
+    /// [`Dispatcher::must_drive`]), or until `limit` passed; returns whether `ready` said
+    /// so. `ready` registers the waker it is given when it returns false. Jobs queued
+    /// meanwhile run after the call.
+    pub fn drive(
+        &self,
+        limit: Option<Duration>,
+        ready: &mut dyn FnMut(&mut std::task::Context<'_>) -> bool,
+    ) -> bool {
         let Some(rt) = self.rt.lock().clone() else {
-            return;
+            return false;
         };
         self.control.lock().leader = LeaderState::Io;
-        rt.block_on(poll_fn(|cx| {
+        // Made on the first poll: a timer needs the runtime's context.
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let done = rt.block_on(poll_fn(|cx| {
             self.wake_pending();
             if ready(cx) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+                return Poll::Ready(true);
             }
+            if let Some(limit) = limit {
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+            }
+            Poll::Pending
         }));
         self.control.lock().leader = LeaderState::App;
+        done
     }
 
     /// Runs inside the runtime: yields the gate whenever a thread announced it wants it.

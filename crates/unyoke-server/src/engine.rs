@@ -280,8 +280,15 @@ impl<H: Handler> Waking for DispatchWaking<H> {
     fn must_drive(&self) -> bool {
         self.0.must_drive()
     }
-    fn drive(&self, ready: &mut dyn FnMut(&mut std::task::Context<'_>) -> bool) {
-        self.0.drive(ready);
+    fn may_drive(&self) -> bool {
+        self.0.may_drive()
+    }
+    fn drive(
+        &self,
+        limit: Option<Duration>,
+        ready: &mut dyn FnMut(&mut std::task::Context<'_>) -> bool,
+    ) -> bool {
+        self.0.drive(limit, ready)
     }
 }
 

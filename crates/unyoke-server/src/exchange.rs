@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
@@ -25,8 +25,14 @@ pub trait Waking: Send + Sync {
     fn got_gate(&self);
     /// See `Dispatcher::must_drive`.
     fn must_drive(&self) -> bool;
+    /// See `Dispatcher::may_drive`.
+    fn may_drive(&self) -> bool;
     /// See `Dispatcher::drive`.
-    fn drive(&self, ready: &mut dyn FnMut(&mut Context<'_>) -> bool);
+    fn drive(
+        &self,
+        limit: Option<Duration>,
+        ready: &mut dyn FnMut(&mut Context<'_>) -> bool,
+    ) -> bool;
 }
 
 /// Why a body read failed.
@@ -210,20 +216,34 @@ impl<S> Exchange<S> {
     /// Waits for body bytes like [`Exchange::wait_body`], but for a caller that must
     /// drive the runtime itself (see [`Exchange::must_drive`]); the gate stays held.
     pub fn drive_until_body(&self) {
-        self.waking.drive(&mut |cx| {
+        self.drive_for_body(None);
+    }
+
+    /// Drives the runtime until body bytes (or the end, or an error) are in, for at most
+    /// `limit`; returns whether they are. For the leader, whose own call waits for a body
+    /// that is on its way: driving for a moment costs less than handing the runtime to
+    /// another thread and back (two context switches per wait).
+    pub fn drive_for_body(&self, limit: Option<Duration>) -> bool {
+        self.waking.drive(limit, &mut |cx| {
             let mut inner = self.inner.lock();
             if !inner.body.is_empty() || inner.body_eof || inner.body_error.is_some() {
                 return true;
             }
             inner.app_waker = Some(cx.waker().clone());
             false
-        });
+        })
+    }
+
+    /// Whether the caller may drive the runtime for a moment while it waits (it is the
+    /// thread driving the engine, inside its call).
+    pub fn may_drive(&self) -> bool {
+        self.waking.may_drive()
     }
 
     /// Waits for output room like [`Exchange::wait_writable`], driving the runtime.
     /// Returns false if the client is gone.
     pub fn drive_until_writable(&self) -> bool {
-        self.waking.drive(&mut |cx| {
+        self.waking.drive(None, &mut |cx| {
             let mut inner = self.inner.lock();
             if inner.out_bytes < OUTPUT_HIGH_WATER || inner.gone || inner.aborted {
                 return true;
