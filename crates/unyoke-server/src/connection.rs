@@ -578,7 +578,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         let mut head_written = false;
         let mut aborted = false;
         let mut gone = false;
-        let mut last_progress = Instant::now();
+        let mut last_progress = Instant::from_std(ex.started);
         let responseless_deadline = cfg.responseless_timeout.map(|t| Instant::now() + t);
         loop {
             let (want_read, demand, park_deadline, watch_client) = {
@@ -636,13 +636,15 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                     timer = Some((d, Timer::Inactive));
                 }
             }
-            let read_deadline = Instant::now() + cfg.inactivity_timeout;
             let exr = &ex;
-            let timer_at = timer.map(|(t, _)| t).unwrap_or(read_deadline);
+            let inactivity = cfg.inactivity_timeout;
+            // The timed branches are async blocks: select! builds every branch's future,
+            // disabled ones included, and a timer costs a runtime-handle lookup to build
+            // and a clock read; inside a block, that happens only if it is polled.
             tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| exr.poll_signal(cx)) => {}
-                _ = tokio::time::sleep_until(timer_at), if timer.is_some() => {
+                _ = async { if let Some((t, _)) = timer { tokio::time::sleep_until(t).await } }, if timer.is_some() => {
                     match timer.map(|(_, k)| k) {
                         Some(Timer::Park) => {
                             let mut inner = ex.lock();
@@ -673,7 +675,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                         None => {}
                     }
                 }
-                r = timeout_at(read_deadline, self.io.read_buf(&mut self.buf)), if want_read || watch_eof => {
+                r = async { timeout_at(Instant::now() + inactivity, self.io.read_buf(&mut self.buf)).await }, if want_read || watch_eof => {
                     match r {
                         Ok(Ok(0)) => {
                             // The client closed its side: mid-body, or while waiting.
@@ -762,7 +764,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             {
                 let end = finished && !abort;
                 match self.write_body(&mut writer, &mut chunks, end).await {
-                    Ok(()) => last_progress = Instant::now(),
+                    // (Not read when the response is over: spare the clock.)
+                    Ok(()) if !finished => last_progress = Instant::now(),
+                    Ok(()) => {}
                     Err(_) => {
                         gone = true;
                         break;
@@ -913,11 +917,8 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 self.wbuf.extend_from_slice(writer.end());
             }
             if !self.wbuf.is_empty() {
-                let deadline = Instant::now() + self.shared.config.inactivity_timeout;
-                match timeout_at(deadline, self.io.write_all(&self.wbuf)).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-                }
+                let limit = self.shared.config.inactivity_timeout;
+                timed(self.io.write_all(&self.wbuf), limit).await?;
                 self.shared.stats.bytes_out(self.wbuf.len());
             }
             self.wbuf.clear();
@@ -966,11 +967,8 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 slices.push(IoSlice::new(ending));
             }
             let total: usize = slices.iter().map(|s| s.len()).sum();
-            let deadline = Instant::now() + self.shared.config.inactivity_timeout;
-            match timeout_at(deadline, write_all_vectored(&mut self.io, &mut slices)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-            }
+            let limit = self.shared.config.inactivity_timeout;
+            timed(write_all_vectored(&mut self.io, &mut slices), limit).await?;
             self.shared.stats.bytes_out(total);
             self.wbuf.clear();
             return Ok(());
@@ -1033,15 +1031,13 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
     }
 
     async fn write_timed(&mut self, data: &[u8]) -> io::Result<()> {
-        let deadline = Instant::now() + self.shared.config.inactivity_timeout;
-        match timeout_at(deadline, self.io.write_all(data)).await {
-            Ok(r) => {
-                r?;
-                self.shared.stats.bytes_out(data.len());
-                Ok(())
-            }
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
-        }
+        timed(
+            self.io.write_all(data),
+            self.shared.config.inactivity_timeout,
+        )
+        .await?;
+        self.shared.stats.bytes_out(data.len());
+        Ok(())
     }
 
     /// Sends a plain-text error response with `Connection: close`. Boxed: it is rare, and
@@ -1177,6 +1173,21 @@ impl BodyWriter {
 }
 
 /// Writes every slice, advancing through partial writes.
+/// Runs `op` (a write) with `limit` as its inactivity timeout. The timer is made only if
+/// the first attempt does not finish at once: a write that the socket takes whole (nearly
+/// every response) then costs no timer and no clock read.
+async fn timed<T, F: Future<Output = io::Result<T>>>(op: F, limit: Duration) -> io::Result<T> {
+    tokio::pin!(op);
+    let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => match timeout_at(Instant::now() + limit, op).await {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        },
+    }
+}
+
 async fn write_all_vectored<T: AsyncWrite + Unpin>(
     io: &mut T,
     mut slices: &mut [IoSlice<'_>],
