@@ -1438,6 +1438,28 @@ fn shelved_connections_count_against_max_size() {
 }
 
 #[test]
+fn shelved_connection_keeps_its_proxy_protocol_addresses() {
+    // The addresses a PROXY header gave cannot be read back from the socket: the shelf
+    // must keep them for the requests after it.
+    let server = Server::start(Config {
+        proxy_protocol: true,
+        ..test_config()
+    });
+    let mut c = server.client();
+    let mut first = b"PROXY TCP4 192.0.2.7 198.51.100.9 40000 8443\r\n".to_vec();
+    first.extend(get("/whoami"));
+    c.send(&first);
+    let expected = "192.0.2.7:40000 198.51.100.9:8443";
+    assert_eq!(String::from_utf8_lossy(&c.read_response().body), expected);
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    c.send(&get("/whoami"));
+    assert_eq!(String::from_utf8_lossy(&c.read_response().body), expected);
+    drop(c);
+    server.stop();
+}
+
+#[test]
 fn shelved_unix_connection_is_served_again() {
     let (server, dir, path) = unix_server("shelf");
     let mut unix = unix_client(&path);
