@@ -138,8 +138,7 @@ impl StartResponse {
             self.ex.head.version
         };
         let mut head = std::mem::take(&mut self.head);
-        let bodiless = self.ex.head.is_head() || code < 200 || code == 204 || code == 304;
-        if self.content_length.is_none() && !bodiless {
+        if self.content_length.is_none() && self.body_expected() {
             if let Some(n) = total {
                 let mut digits = [0u8; 20];
                 let n_text = unyoke_http::decimal(n, &mut digits);

@@ -34,6 +34,13 @@ pub enum PeerAddr {
     Unix(String),
 }
 
+impl PeerAddr {
+    /// A UNIX socket's address: its path, or empty for an unnamed one.
+    pub(crate) fn unix(path: Option<&std::path::Path>) -> PeerAddr {
+        PeerAddr::Unix(path.map(|p| p.display().to_string()).unwrap_or_default())
+    }
+}
+
 /// What the application may know about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -388,12 +395,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 // Try one read without waiting; if nothing is there, give the buffer back
                 // and wait for readiness again (the failed read cleared it), so that a
                 // connection that has sent nothing holds no buffer.
-                let read = {
-                    let fut = self.io.read_buf(&mut self.buf);
-                    tokio::pin!(fut);
-                    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
-                };
-                match read {
+                let read = self.io.read_buf(&mut self.buf);
+                tokio::pin!(read);
+                match poll_once(read.as_mut()).await {
                     Poll::Pending => {
                         if first {
                             self.buf = BytesMut::new();
@@ -1172,14 +1176,17 @@ impl BodyWriter {
     }
 }
 
-/// Writes every slice, advancing through partial writes.
+/// Polls `fut` once: its output if it is ready now, else `Pending` (it can be polled on).
+async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
 /// Runs `op` (a write) with `limit` as its inactivity timeout. The timer is made only if
 /// the first attempt does not finish at once: a write that the socket takes whole (nearly
 /// every response) then costs no timer and no clock read.
 async fn timed<T, F: Future<Output = io::Result<T>>>(op: F, limit: Duration) -> io::Result<T> {
     tokio::pin!(op);
-    let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
-    match first {
+    match poll_once(op.as_mut()).await {
         Poll::Ready(r) => r,
         Poll::Pending => match timeout_at(Instant::now() + limit, op).await {
             Ok(r) => r,
@@ -1188,6 +1195,7 @@ async fn timed<T, F: Future<Output = io::Result<T>>>(op: F, limit: Duration) -> 
     }
 }
 
+/// Writes every slice, advancing through partial writes.
 async fn write_all_vectored<T: AsyncWrite + Unpin>(
     io: &mut T,
     mut slices: &mut [IoSlice<'_>],

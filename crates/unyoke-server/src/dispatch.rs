@@ -196,10 +196,9 @@ impl<J: Job> Dispatcher<J> {
     /// leader (running outside the runtime), the wake is deferred until it re-enters the
     /// runtime, which turns an eventfd write into a queue push.
     pub fn wake(&self, waker: Waker) {
-        let token = LEADER_TOKEN.with(|t| t.get());
         {
             let mut c = self.control.lock();
-            if token != 0 && c.leader_token == token && c.leader == LeaderState::App {
+            if Self::calling_leader(&c) {
                 c.pending_wakes.push(waker);
                 return;
             }
@@ -320,16 +319,19 @@ impl<J: Job> Dispatcher<J> {
     /// application call, and no thread stands by to take over (the pool is exhausted).
     /// Blocking then would leave nobody to produce what it waits for.
     pub fn must_drive(&self) -> bool {
-        let token = LEADER_TOKEN.with(|t| t.get());
         let c = self.control.lock();
-        token != 0 && c.leader_token == token && c.leader == LeaderState::App && !c.standby
+        Self::calling_leader(&c) && !c.standby
     }
 
     /// Whether the calling thread may drive the runtime while it waits (it is the leader,
     /// inside an application call): see [`Dispatcher::drive`] with a limit.
     pub fn may_drive(&self) -> bool {
+        Self::calling_leader(&self.control.lock())
+    }
+
+    /// The calling thread is the leader and inside an application call.
+    fn calling_leader(c: &Control) -> bool {
         let token = LEADER_TOKEN.with(|t| t.get());
-        let c = self.control.lock();
         token != 0 && c.leader_token == token && c.leader == LeaderState::App
     }
 

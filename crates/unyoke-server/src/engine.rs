@@ -463,8 +463,7 @@ impl<H: Handler> Engine<H> {
             let deadline = tokio::time::Instant::now() + grace;
             loop {
                 shared.stop_notify.notify_waiters();
-                let closed = shared.idle.sweep(tokio::time::Instant::now(), true);
-                crate::idle::closed(&shared, closed);
+                crate::idle::sweep(&shared, tokio::time::Instant::now(), true);
                 if shared.stats.open.load(Ordering::Relaxed) == 0
                     || tokio::time::Instant::now() >= deadline
                 {
@@ -540,8 +539,7 @@ async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
         if now.saturating_duration_since(last_sweep) >= crate::idle::SWEEP_EVERY {
             last_sweep = now;
             let stopping = shared.policy.stopping.load(Ordering::Relaxed);
-            let closed = shared.idle.sweep(now, stopping);
-            crate::idle::closed(&shared, closed);
+            crate::idle::sweep(&shared, now, stopping);
         }
     }
 }
@@ -559,8 +557,8 @@ async fn connection_task<H: Handler, T: connection::Transport, F>(
     F: std::future::Future<Output = Ended<T>>,
 {
     let ended = serve(Arc::clone(&shared), Arc::clone(&info)).await;
-    let info = match ended {
-        Ended::Closed => Some(info),
+    let (info, permit) = match ended {
+        Ended::Closed => (info, permit),
         Ended::Idle {
             io,
             info,
@@ -580,19 +578,15 @@ async fn connection_task<H: Handler, T: connection::Transport, F>(
                         .shelve(io, keep, info.id, permit, deadline, first)
                     {
                         Ok(()) => return,
-                        Err((io, permit)) => {
-                            drop(io);
-                            shared.connection_closed(Some(info));
-                            drop(permit);
-                            return;
-                        }
+                        // Not shelved: the socket (dropped here) closes.
+                        Err((_io, permit)) => (info, permit),
                     }
                 }
-                _ => Some(info),
+                _ => (info, permit),
             }
         }
     };
-    shared.connection_closed(info);
+    shared.connection_closed(Some(info));
     drop(permit);
 }
 
@@ -638,12 +632,10 @@ async fn accept_loop<H: Handler>(
             .local_addr()
             .map(PeerAddr::Tcp)
             .unwrap_or(PeerAddr::Unix(String::new())),
-        TokioListener::Unix(l) => PeerAddr::Unix(
-            l.local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-                .unwrap_or_default(),
-        ),
+        TokioListener::Unix(l) => {
+            let addr = l.local_addr().ok();
+            PeerAddr::unix(addr.as_ref().and_then(|a| a.as_pathname()))
+        }
     };
     loop {
         let permit = tokio::select! {

@@ -14,7 +14,7 @@
 //! Everything here runs on the runtime's thread; the mutex is uncontended.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::connection::{ConnInfo, PeerAddr};
+use crate::connection::{ConnInfo, PeerAddr, Policy};
 use crate::engine::Shared;
 use crate::Handler;
 
@@ -41,6 +41,39 @@ const TRIM_AFTER_SHELVED: usize = 64;
 pub(crate) enum Shelvable {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
+}
+
+impl Shelvable {
+    /// The socket `fd`, of the kind recorded when it was shelved.
+    fn from_fd(fd: OwnedFd, unix: bool) -> Shelvable {
+        if unix {
+            Shelvable::Unix(fd.into())
+        } else {
+            Shelvable::Tcp(fd.into())
+        }
+    }
+
+    /// Rebuilds what the application may know about the connection from its socket;
+    /// an error if it is no longer connected.
+    fn info(&self, id: u64, policy: &Arc<Policy>) -> io::Result<ConnInfo> {
+        let (peer, local) = match self {
+            Shelvable::Unix(s) => (
+                PeerAddr::Unix(String::new()),
+                PeerAddr::unix(s.local_addr().ok().as_ref().and_then(|a| a.as_pathname())),
+            ),
+            Shelvable::Tcp(s) => (
+                PeerAddr::Tcp(s.peer_addr()?),
+                PeerAddr::Tcp(s.local_addr()?),
+            ),
+        };
+        Ok(ConnInfo {
+            id,
+            peer,
+            local,
+            tls: false,
+            policy: Arc::clone(policy),
+        })
+    }
 }
 
 /// A connection taken back from the shelf, to be served again.
@@ -149,12 +182,7 @@ impl IdlePool {
         };
         if r < 0 {
             inner.free.push(idx as u32);
-            let io = if unix {
-                Shelvable::Unix(fd.into())
-            } else {
-                Shelvable::Tcp(fd.into())
-            };
-            return Err((io, permit));
+            return Err((Shelvable::from_fd(fd, unix), permit));
         }
         inner.slots[idx] = Some(Entry {
             fd,
@@ -173,7 +201,7 @@ impl IdlePool {
     }
 
     /// Takes back the connections that have bytes (or a hang-up) waiting.
-    fn take_ready(&self, policy_info: impl Fn(&Entry) -> io::Result<ConnInfo>) -> Vec<Woken> {
+    fn take_ready(&self, policy: &Arc<Policy>) -> Vec<Woken> {
         const BATCH: usize = 64;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
         // SAFETY: `events` has room for BATCH entries; a zero timeout never blocks.
@@ -197,23 +225,14 @@ impl IdlePool {
                 continue;
             };
             self.forget(&entry);
-            let info = match &entry.info {
-                Some(i) => Ok(Arc::clone(i)),
-                None => policy_info(&entry).map(Arc::new),
-            };
-            let Ok(info) = info else {
-                // The socket is no longer connected (the peer reset it): just close it.
-                continue;
-            };
-            let raw = entry.fd.into_raw_fd();
-            // SAFETY: `raw` came from an OwnedFd we just gave up; it is a connected
-            // socket of the kind recorded when it was shelved.
-            let io = unsafe {
-                if entry.unix {
-                    Shelvable::Unix(std::os::unix::net::UnixStream::from_raw_fd(raw))
-                } else {
-                    Shelvable::Tcp(std::net::TcpStream::from_raw_fd(raw))
-                }
+            let io = Shelvable::from_fd(entry.fd, entry.unix);
+            let info = match entry.info {
+                Some(i) => i,
+                None => match io.info(entry.id, policy) {
+                    Ok(i) => Arc::new(i),
+                    // No longer connected (the peer reset it): dropping it closes it.
+                    Err(_) => continue,
+                },
             };
             woken.push(Woken {
                 io,
@@ -241,7 +260,7 @@ impl IdlePool {
     /// every connection that has already had a request (one that has not keeps its header
     /// timeout through a graceful stop, as in its own task). Also gives freed memory back
     /// once a burst of shelving is over.
-    pub(crate) fn sweep(&self, now: Instant, stopping: bool) -> Vec<Closed> {
+    fn sweep(&self, now: Instant, stopping: bool) -> Vec<Closed> {
         let mut inner = self.inner.lock();
         let mut closed = Vec::new();
         if inner.len > 0 {
@@ -297,41 +316,6 @@ fn trim_allocator() {
     }
 }
 
-/// Rebuilds what the application may know about a connection from its socket.
-fn info_from_socket(
-    entry: &Entry,
-    policy: &Arc<crate::connection::Policy>,
-) -> io::Result<ConnInfo> {
-    // SAFETY: the fd is open for the duration of the borrow; ManuallyDrop keeps the
-    // temporary std stream from closing it.
-    let (peer, local) = if entry.unix {
-        let s = std::mem::ManuallyDrop::new(unsafe {
-            std::os::unix::net::UnixStream::from_raw_fd(entry.fd.as_raw_fd())
-        });
-        let local = s
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-            .unwrap_or_default();
-        (PeerAddr::Unix(String::new()), PeerAddr::Unix(local))
-    } else {
-        let s = std::mem::ManuallyDrop::new(unsafe {
-            std::net::TcpStream::from_raw_fd(entry.fd.as_raw_fd())
-        });
-        (
-            PeerAddr::Tcp(s.peer_addr()?),
-            PeerAddr::Tcp(s.local_addr()?),
-        )
-    };
-    Ok(ConnInfo {
-        id: entry.id,
-        peer,
-        local,
-        tls: false,
-        policy: Arc::clone(policy),
-    })
-}
-
 /// The descriptor of the shelf's epoll set, for the runtime to watch.
 struct EpollFd(RawFd);
 
@@ -359,8 +343,7 @@ pub(crate) async fn watch<H: Handler>(shared: Arc<Shared<H>>) {
         let Ok(mut guard) = afd.readable().await else {
             return;
         };
-        let policy = Arc::clone(&shared.policy);
-        let woken = pool.take_ready(|e| info_from_socket(e, &policy));
+        let woken = pool.take_ready(&shared.policy);
         if woken.is_empty() {
             guard.clear_ready();
             continue;
@@ -371,9 +354,10 @@ pub(crate) async fn watch<H: Handler>(shared: Arc<Shared<H>>) {
     }
 }
 
-/// Closes what the shelf let go: the same bookkeeping as a connection task's end.
-pub(crate) fn closed<H: Handler>(shared: &Shared<H>, closed: Vec<Closed>) {
-    for c in closed {
+/// Closes the shelved connections whose time is up (see [`IdlePool::sweep`]), with the
+/// same bookkeeping as a connection task's end.
+pub(crate) fn sweep<H: Handler>(shared: &Shared<H>, now: Instant, stopping: bool) {
+    for c in shared.idle.sweep(now, stopping) {
         shared.connection_closed(c.info);
     }
 }

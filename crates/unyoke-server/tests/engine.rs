@@ -1280,6 +1280,16 @@ fn wait_idle_count(server: &Server, n: u64) -> bool {
     false
 }
 
+/// A client that made one request, then sat silent until its connection was set aside.
+fn shelved_client(server: &Server) -> Client {
+    let mut c = server.client();
+    c.send(&get("/hello"));
+    assert_eq!(c.read_response().body, b"hello");
+    thread::sleep(PAST_SHELVING);
+    assert_eq!(server.engine.stats().idle_connections, 1);
+    c
+}
+
 #[test]
 fn idle_keep_alive_connection_is_shelved_and_served_again() {
     let server = Server::start(test_config());
@@ -1380,11 +1390,7 @@ fn silent_new_connection_is_served_from_the_shelf() {
 #[test]
 fn shelved_connection_whose_client_leaves_is_closed() {
     let server = Server::start(test_config());
-    let mut c = server.client();
-    c.send(&get("/hello"));
-    assert_eq!(c.read_response().body, b"hello");
-    thread::sleep(PAST_SHELVING);
-    assert_eq!(server.engine.stats().idle_connections, 1);
+    let c = shelved_client(&server);
     drop(c);
     assert!(wait_idle_count(&server, 0), "the hang-up was not noticed");
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -1398,11 +1404,7 @@ fn shelved_connection_whose_client_leaves_is_closed() {
 #[test]
 fn graceful_shutdown_closes_shelved_keep_alive_connections() {
     let mut server = Server::start(test_config());
-    let mut c = server.client();
-    c.send(&get("/hello"));
-    assert_eq!(c.read_response().body, b"hello");
-    thread::sleep(PAST_SHELVING);
-    assert_eq!(server.engine.stats().idle_connections, 1);
+    let mut c = shelved_client(&server);
     let t0 = Instant::now();
     server.engine.shutdown(Duration::from_secs(5));
     c.expect_closed();
@@ -1423,11 +1425,7 @@ fn shelved_connections_count_against_max_size() {
         max_size: 1,
         ..test_config()
     });
-    let mut a = server.client();
-    a.send(&get("/hello"));
-    assert_eq!(a.read_response().body, b"hello");
-    thread::sleep(PAST_SHELVING);
-    assert_eq!(server.engine.stats().idle_connections, 1);
+    let a = shelved_client(&server);
     let mut b = server.client();
     b.send(&get("/hello"));
     b.expect_silence(Duration::from_millis(300));
