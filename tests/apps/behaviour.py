@@ -63,6 +63,17 @@ def echo(environ: Environ, start_response: StartResponse) -> List[bytes]:
     )
 
 
+@route("scribble")
+def scribble(environ: Environ, start_response: StartResponse) -> List[bytes]:
+    """Changes its environ (a key added, per-connection ones changed and removed), then
+    echoes it: the next request on the connection must not see any of it."""
+    environ["scribbled"] = "yes"
+    environ["SERVER_NAME"] = "scribbled.example"
+    del environ["REMOTE_ADDR"]
+    del environ["REMOTE_PORT"]
+    return echo(environ, start_response)
+
+
 # -- request bodies ----------------------------------------------------------------
 
 

@@ -335,6 +335,25 @@ def test_http11_is_persistent_by_default(server):
         assert "close" not in response.header_tokens("connection")
 
 
+def test_each_request_gets_a_fresh_environ_with_its_own_connection_addresses(server):
+    # The server keeps what is the same for every request on a connection (addresses,
+    # SERVER_NAME) and copies it per request: one request's changes to its environ must
+    # not reach the next, and interleaved connections keep their own addresses.
+    with server.connect() as first, server.connect() as second:
+        first.send(build_request("GET", "/_/scribble"))
+        _, response = first.read_final_response()
+        assert echo_of(response)["environ"]["scribbled"] == "yes"
+        for conn in (second, first, second):
+            conn.send(build_request("GET", "/echo"))
+            _, response = conn.read_final_response()
+            environ = echo_of(response)["environ"]
+            assert "scribbled" not in environ
+            assert environ["SERVER_NAME"] != "scribbled.example"
+            assert environ["REMOTE_ADDR"] == "127.0.0.1"
+            assert environ["REMOTE_PORT"] == str(conn.local_port)
+        assert first.local_port != second.local_port
+
+
 @pytest.mark.parametrize("value", ["close", "Close", "CLOSE", "keep-alive, close", "close, te"])
 def test_http11_connection_close_closes_after_response(server, value):
     raw = build_request("GET", "/bye", [("Connection", value)])

@@ -53,6 +53,47 @@ pub struct ConnInfo {
     /// The connection is TLS.
     pub tls: bool,
     pub(crate) policy: Arc<Policy>,
+    /// What the handler keeps for this connection (see [`HandlerCache`]).
+    pub cache: HandlerCache,
+}
+
+/// What a handler keeps per connection: e.g. the connection's addresses as its own
+/// objects, made at the first request instead of on every request. A copy of a
+/// `ConnInfo` starts empty, since copies are made to change the addresses.
+#[derive(Default)]
+pub struct HandlerCache(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl HandlerCache {
+    /// The kept value, made by `make` the first time (an error is returned and nothing
+    /// kept). `None` if what is kept is of another type (one handler per engine, so only
+    /// if it was used with two types).
+    pub fn get_or_try_init<V: std::any::Any + Send + Sync, E>(
+        &self,
+        make: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Option<&V>, E> {
+        if let Some(v) = self.0.get() {
+            return Ok(v.downcast_ref());
+        }
+        // (Another thread setting it meanwhile wins; its value is as good.)
+        let _ = self.0.set(Box::new(make()?));
+        Ok(self.0.get().and_then(|v| v.downcast_ref()))
+    }
+}
+
+impl Clone for HandlerCache {
+    fn clone(&self) -> Self {
+        HandlerCache::default()
+    }
+}
+
+impl std::fmt::Debug for HandlerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "HandlerCache(set)"
+        } else {
+            "HandlerCache(empty)"
+        })
+    }
 }
 
 /// Server-wide switches a connection consults per request.
@@ -238,6 +279,15 @@ struct Conn<'a, H: Handler, T: Transport> {
     decoder: RequestDecoder,
     info: Arc<ConnInfo>,
     wbuf: Vec<u8>,
+    /// The timer of the waits between requests, made at the first wait and reset for the
+    /// next: moving a registered timer's deadline later is one atomic exchange, where a new
+    /// timer per wait cost an insertion into the timer wheel and a removal (each under the
+    /// driver's lock) on every request.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The stop signal for keep-alive waits, kept for the same reason: it joins the
+    /// signal's waiter list once, not on every request. (Made after the first request; once
+    /// signalled it stays ready, so a stop during a request closes the next wait at once.)
+    idle_stop: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
 }
 
 /// Serves one connection until it closes or goes idle long enough to be set aside.
@@ -279,6 +329,8 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
         buf,
         info,
         wbuf: Vec::new(),
+        idle_timer: None,
+        idle_stop: None,
     };
     loop {
         let head = match conn.read_head(first, first_deadline.take()).await {
@@ -371,20 +423,37 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 let shelve_at = now + SHELVE_AFTER;
                 let shelve = T::READINESS && shelve_at < until;
                 let wait_until = if shelve { shelve_at } else { until };
+                if let Some(t) = self.idle_timer.as_mut() {
+                    t.as_mut().reset(wait_until);
+                }
+                let timer = self
+                    .idle_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wait_until)));
+                // A connection that has not sent its first request yet may be one the
+                // kernel queued just before the stop (a reload, a rolling restart): it
+                // keeps its header timeout (the grace period bounds it anyway) and is
+                // answered with `Connection: close`. Idle keep-alive connections close now.
+                let shared: &Shared<H> = self.shared;
+                let stop = if first {
+                    None
+                } else {
+                    Some(
+                        self.idle_stop
+                            .get_or_insert_with(|| Box::pin(shared.stop_notify.notified())),
+                    )
+                };
                 let io = &self.io;
-                let stop = &self.shared.stop_notify;
                 let ready = tokio::select! {
                     biased;
-                    r = timeout_at(wait_until, std::future::poll_fn(|cx| io.poll_read_ready(cx))) => r,
-                    // A connection that has not sent its first request yet may be one the
-                    // kernel queued just before the stop (a reload, a rolling restart):
-                    // it keeps its header timeout (the grace period bounds it anyway) and
-                    // is answered with `Connection: close`. Idle keep-alive connections close now.
-                    _ = stop.notified(), if !first => return HeadOutcome::Close,
+                    r = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => Ok(r),
+                    _ = timer.as_mut() => Err(()),
+                    _ = async { if let Some(s) = stop { s.as_mut().await } }, if !first => {
+                        return HeadOutcome::Close
+                    }
                 };
                 match ready {
                     Ok(Ok(())) => {}
-                    Err(_) if shelve => return HeadOutcome::Idle(until),
+                    Err(()) if shelve => return HeadOutcome::Idle(until),
                     _ => return HeadOutcome::Close,
                 }
             }
@@ -1211,4 +1280,22 @@ async fn write_all_vectored<T: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HandlerCache;
+
+    #[test]
+    fn handler_cache_keeps_the_first_value_and_copies_start_empty() {
+        let cache = HandlerCache::default();
+        let failed: Result<Option<&u32>, &str> = cache.get_or_try_init(|| Err("no"));
+        assert_eq!(failed, Err("no"));
+        assert_eq!(cache.get_or_try_init(|| Ok::<_, ()>(7u32)), Ok(Some(&7)));
+        assert_eq!(cache.get_or_try_init(|| Ok::<_, ()>(8u32)), Ok(Some(&7)));
+        // Asked for another type: nothing (the kept value stays).
+        assert_eq!(cache.get_or_try_init(|| Ok::<_, ()>("x")), Ok(None));
+        let copy = cache.clone();
+        assert_eq!(copy.get_or_try_init(|| Ok::<_, ()>(9u32)), Ok(Some(&9)));
+    }
 }

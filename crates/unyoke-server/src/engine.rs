@@ -570,9 +570,11 @@ async fn connection_task<H: Handler, T: connection::Transport, F>(
             match io.into_shelvable() {
                 Some(io) if !stopping => {
                     // The connection's description is kept only if it cannot be read
-                    // back from the socket, or a hook will want it at the close.
+                    // back from the socket, or a hook will want it at the close; as a
+                    // copy, which leaves the handler's cache (objects made for its
+                    // requests) behind.
                     let keep = (shared.config.proxy_protocol || shared.connection_events)
-                        .then(|| Arc::clone(&info));
+                        .then(|| Arc::new((*info).clone()));
                     match shared
                         .idle
                         .shelve(io, keep, info.id, permit, deadline, first)
@@ -673,6 +675,7 @@ async fn accept_loop<H: Handler>(
                     tls: tls.is_some(),
                     local: local.clone(),
                     policy: Arc::clone(&shared.policy),
+                    cache: Default::default(),
                 });
                 shared.stats.open.fetch_add(1, Ordering::Relaxed);
                 if shared.connection_events {

@@ -72,6 +72,7 @@ impl Shelvable {
             local,
             tls: false,
             policy: Arc::clone(policy),
+            cache: Default::default(),
         })
     }
 }

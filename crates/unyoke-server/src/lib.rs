@@ -16,7 +16,7 @@ mod tls;
 
 pub use access_log::LogFormat;
 pub use clock::DateCache;
-pub use connection::{ConnInfo, PeerAddr};
+pub use connection::{ConnInfo, HandlerCache, PeerAddr};
 pub use dispatch::{Dispatcher, Gate, Job};
 pub use engine::{Config, Engine, Network, Stats, DURATION_BUCKETS};
 pub use exchange::{
