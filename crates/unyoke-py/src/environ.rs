@@ -106,14 +106,15 @@ fn intern(py: Python<'_>, s: &str) -> Py<PyString> {
     PyString::intern(py, s).unbind()
 }
 
-/// A str from bytes taken as latin-1 (PEP 3333's "native strings").
-pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-    if bytes.is_ascii() {
-        // ASCII is valid UTF-8.
-        PyString::new(py, std::str::from_utf8(bytes).unwrap_or_default())
-    } else {
-        let s: String = bytes.iter().map(|&b| b as char).collect();
-        PyString::new(py, &s)
+/// A str from bytes taken as latin-1 (PEP 3333's "native strings"), made in one pass.
+fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    // A slice is at most isize::MAX bytes long: the length converts without loss.
+    let len = bytes.len() as pyo3::ffi::Py_ssize_t;
+    // SAFETY: the pointer and length describe `bytes`, which is only read during the call;
+    // the result is a new reference to a str, or NULL with an exception set.
+    unsafe {
+        let s = pyo3::ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), len, std::ptr::null());
+        Ok(Bound::from_owned_ptr_or_err(py, s)?.downcast_into_unchecked())
     }
 }
 
@@ -231,19 +232,18 @@ impl EnvironBuilder {
             local_cache: Mutex::new(Vec::new()),
             forwarded_allow: settings.forwarded_allow_ips.clone(),
         };
-        // The keys every request sets, present in the template with a placeholder that
-        // `build` always overwrites: the copy then replaces values in place instead of
-        // inserting, and its table is already large enough for the request's headers
-        // (inserting ~11 keys into a copy of a small table resized it once or twice per
-        // request).
+        // The keys every request has, present in the template: the copy then replaces
+        // values in place instead of inserting, and its table is already large enough for
+        // the request's headers (inserting ~11 keys into a copy of a small table resized
+        // it once or twice per request). Three hold their usual value (GET, HTTP/1.1, no
+        // query), which `build` replaces only when the request differs; the others hold a
+        // placeholder that `build` (or the connection's template) always replaces.
         let template = builder.template.bind(py);
         for k in [
-            &builder.k_method,
             &builder.k_path,
             &builder.k_query,
             &builder.k_raw_uri,
             &builder.k_request_uri,
-            &builder.k_protocol,
             &builder.k_server_name,
             &builder.k_server_port,
             &builder.k_remote_addr,
@@ -252,6 +252,8 @@ impl EnvironBuilder {
         ] {
             template.set_item(k, &builder.v_empty)?;
         }
+        template.set_item(&builder.k_method, intern(py, "GET"))?;
+        template.set_item(&builder.k_protocol, &builder.v_http11)?;
         Ok(builder)
     }
 
@@ -359,30 +361,35 @@ impl EnvironBuilder {
             }
         };
         let env = base.bind(py).copy()?;
+        // REQUEST_METHOD, QUERY_STRING and SERVER_PROTOCOL are already right in the
+        // template for the usual GET without a query over HTTP/1.1.
         let method = head.method();
-        match self.methods.iter().find(|(m, _)| *m == method) {
-            Some((_, v)) => env.set_item(&self.k_method, v)?,
-            None => env.set_item(&self.k_method, latin1(py, method))?,
+        if method != b"GET" {
+            match self.methods.iter().find(|(m, _)| *m == method) {
+                Some((_, v)) => env.set_item(&self.k_method, v)?,
+                None => env.set_item(&self.k_method, latin1(py, method)?)?,
+            }
         }
         let target = head.target();
         let (path, query) = split_target(target);
-        env.set_item(&self.k_path, latin1(py, &percent_decode(path)))?;
-        if query.is_empty() {
-            env.set_item(&self.k_query, &self.v_empty)?;
+        let raw = latin1(py, target)?;
+        let path = percent_decode(path);
+        if query.is_empty() && *path == *target {
+            // The same text: one string for both (an origin-form target with no escapes).
+            env.set_item(&self.k_path, &raw)?;
         } else {
-            env.set_item(&self.k_query, latin1(py, query))?;
+            env.set_item(&self.k_path, latin1(py, &path)?)?;
         }
-        let raw = latin1(py, target);
+        if !query.is_empty() {
+            env.set_item(&self.k_query, latin1(py, query)?)?;
+        }
         env.set_item(&self.k_raw_uri, &raw)?;
         env.set_item(&self.k_request_uri, &raw)?;
         // Exactly as the client sent it, whatever max_http_version says.
         let _ = pretend_http10;
-        let proto = if head.version == Version::Http10 {
-            &self.v_http10
-        } else {
-            &self.v_http11
-        };
-        env.set_item(&self.k_protocol, proto)?;
+        if head.version == Version::Http10 {
+            env.set_item(&self.k_protocol, &self.v_http10)?;
+        }
         if !self.forwarded_allow.is_empty() {
             if let PeerAddr::Tcp(peer) = &conn.peer {
                 if self.forwarded_allow.iter().any(|n| n.contains(peer.ip())) {
@@ -400,7 +407,7 @@ impl EnvironBuilder {
             let Some(key) = self.header_key(py, name) else {
                 continue;
             };
-            let value = latin1(py, value);
+            let value = latin1(py, value)?;
             match env.get_item(&key)? {
                 Some(prev)
                     if key
