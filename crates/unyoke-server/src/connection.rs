@@ -1046,7 +1046,22 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             self.wbuf.clear();
             return Ok(());
         }
-        // Files among the chunks: write in order, one piece at a time.
+        // Files among the chunks (rare): boxed, so that its state does not size every
+        // exchange's future (it took it over the allocator's small-block limit).
+        Box::pin(self.write_in_order(writer, headers, datas, files, pending_files_after, end))
+            .await
+    }
+
+    /// Writes the head, data pieces and files in order, one piece at a time.
+    async fn write_in_order(
+        &mut self,
+        writer: &mut BodyWriter,
+        headers: Vec<ChunkHeader>,
+        datas: Vec<Bytes>,
+        files: Vec<(std::fs::File, u64, u64)>,
+        pending_files_after: Vec<usize>,
+        end: bool,
+    ) -> io::Result<()> {
         let head = std::mem::take(&mut self.wbuf);
         if !head.is_empty() {
             self.write_timed(&head).await?;
@@ -1252,12 +1267,13 @@ async fn poll_once<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> Poll<F::Output> 
 
 /// Runs `op` (a write) with `limit` as its inactivity timeout. The timer is made only if
 /// the first attempt does not finish at once: a write that the socket takes whole (nearly
-/// every response) then costs no timer and no clock read.
+/// every response) then costs no timer and no clock read. The timer is boxed: it would
+/// otherwise size every exchange's future, for the rarer writes that wait.
 async fn timed<T, F: Future<Output = io::Result<T>>>(op: F, limit: Duration) -> io::Result<T> {
     tokio::pin!(op);
     match poll_once(op.as_mut()).await {
         Poll::Ready(r) => r,
-        Poll::Pending => match timeout_at(Instant::now() + limit, op).await {
+        Poll::Pending => match Box::pin(timeout_at(Instant::now() + limit, op)).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         },
