@@ -340,6 +340,10 @@ def test_each_request_gets_a_fresh_environ_with_its_own_connection_addresses(ser
     # SERVER_NAME) and copies it per request: one request's changes to its environ must
     # not reach the next, and interleaved connections keep their own addresses.
     with server.connect() as first, server.connect() as second:
+        # (A connection's first request builds its environ directly; the kept template
+        # serves the requests after it, so the scribbling request is the second.)
+        first.send(build_request("GET", "/echo"))
+        first.read_final_response()
         first.send(build_request("GET", "/_/scribble"))
         _, response = first.read_final_response()
         assert echo_of(response)["environ"]["scribbled"] == "yes"

@@ -7,7 +7,9 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use unyoke_http::{RequestHead, Version};
-use unyoke_server::{ConnInfo, PeerAddr};
+use unyoke_server::{ConnInfo, Exchange, PeerAddr};
+
+use crate::handler::ReqState;
 
 use crate::settings::WsgiSettings;
 
@@ -345,24 +347,29 @@ impl EnvironBuilder {
     pub fn build<'py>(
         &self,
         py: Python<'py>,
-        head: &RequestHead,
-        conn: &ConnInfo,
+        ex: &Exchange<ReqState>,
         pretend_http10: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let own;
-        let base = match conn
-            .cache
-            .get_or_try_init(|| self.conn_template(py, conn))?
-        {
-            Some(t) => t,
-            None => {
-                own = self.conn_template(py, conn)?;
-                &own
-            }
+        let (head, conn) = (&ex.head, &*ex.conn);
+        // A connection's first request builds its environ directly; the template is kept
+        // from its second on. A connection used once (or once per idle period) then
+        // leaves nothing behind in the interpreter's memory when it is set aside.
+        let env = if ex.earlier_requests == 0 {
+            self.conn_template(py, conn)?.into_bound(py)
+        } else {
+            let own;
+            let base = match conn
+                .cache
+                .get_or_try_init(|| self.conn_template(py, conn))?
+            {
+                Some(t) => t,
+                None => {
+                    own = self.conn_template(py, conn)?;
+                    &own
+                }
+            };
+            base.bind(py).copy()?
         };
-        let env = base.bind(py).copy()?;
-        // REQUEST_METHOD, QUERY_STRING and SERVER_PROTOCOL are already right in the
-        // template for the usual GET without a query over HTTP/1.1.
         let method = head.method();
         if method != b"GET" {
             match self.methods.iter().find(|(m, _)| *m == method) {

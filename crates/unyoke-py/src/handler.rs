@@ -123,14 +123,13 @@ impl WsgiHandler {
     }
 
     fn run_app(&self, py: Python<'_>, ex: &Ex) {
-        let env =
-            match self
-                .environ
-                .build(py, &ex.head, &ex.conn, self.shared.settings.pretend_http10)
-            {
-                Ok(env) => env,
-                Err(e) => return self.fail(py, ex, None, e, "building the environ"),
-            };
+        let env = match self
+            .environ
+            .build(py, ex, self.shared.settings.pretend_http10)
+        {
+            Ok(env) => env,
+            Err(e) => return self.fail(py, ex, None, e, "building the environ"),
+        };
         let input = match Py::new(py, Input::new(Arc::clone(ex))) {
             Ok(i) => i,
             Err(e) => return self.fail(py, ex, None, e, "building the environ"),

@@ -292,6 +292,8 @@ struct Conn<'a, H: Handler, T: Transport> {
     /// signal's waiter list once, not on every request. (Made after the first request; once
     /// signalled it stays ready, so a stop during a request closes the next wait at once.)
     idle_stop: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
+    /// Requests served by this task (see [`Exchange::earlier_requests`]).
+    served: u32,
 }
 
 /// Serves one connection until it closes or goes idle long enough to be set aside.
@@ -335,6 +337,7 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
         wbuf: Vec::new(),
         idle_timer: None,
         idle_stop: None,
+        served: 0,
     };
     loop {
         let head = match conn.read_head(first, first_deadline.take()).await {
@@ -593,7 +596,13 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         let cfg = &shared.config;
         let expect = head.expect_continue;
         let mut body_done = head.body == BodyKind::Empty;
-        let ex = Arc::new(Exchange::new(head, Arc::clone(&self.info), shared.waking()));
+        let ex = Arc::new(Exchange::new(
+            head,
+            Arc::clone(&self.info),
+            self.served,
+            shared.waking(),
+        ));
+        self.served = self.served.saturating_add(1);
         shared.stats.request_started();
         let mut malformed: Option<RequestError> = None;
         if body_done {
@@ -1057,8 +1066,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         }
         // Files among the chunks (rare): boxed, so that its state does not size every
         // exchange's future (it took it over the allocator's small-block limit).
-        Box::pin(self.write_in_order(writer, headers, datas, files, pending_files_after, end))
-            .await
+        Box::pin(self.write_in_order(writer, headers, datas, files, pending_files_after, end)).await
     }
 
     /// Writes the head, data pieces and files in order, one piece at a time.

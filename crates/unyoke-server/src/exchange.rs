@@ -156,6 +156,9 @@ pub struct Exchange<S> {
     pub conn: Arc<ConnInfo>,
     /// When the head was complete.
     pub started: Instant,
+    /// How many requests the connection served before this one since it was accepted or
+    /// taken back from the idle shelf (0: its first, e.g. on a connection used once).
+    pub earlier_requests: u32,
     pub(crate) inner: Mutex<Inner>,
     body_cv: Condvar,
     waking: Arc<dyn Waking>,
@@ -167,11 +170,17 @@ pub struct Exchange<S> {
 pub const OUTPUT_HIGH_WATER: u64 = 512 * 1024;
 
 impl<S> Exchange<S> {
-    pub(crate) fn new(head: RequestHead, conn: Arc<ConnInfo>, waking: Arc<dyn Waking>) -> Self {
+    pub(crate) fn new(
+        head: RequestHead,
+        conn: Arc<ConnInfo>,
+        earlier_requests: u32,
+        waking: Arc<dyn Waking>,
+    ) -> Self {
         Exchange {
             head,
             conn,
             started: Instant::now(),
+            earlier_requests,
             inner: Mutex::new(Inner::default()),
             body_cv: Condvar::new(),
             waking,

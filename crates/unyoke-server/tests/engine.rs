@@ -1291,6 +1291,22 @@ fn shelved_client(server: &Server) -> Client {
 }
 
 #[test]
+fn earlier_requests_counts_from_the_accept_and_from_the_shelf() {
+    let server = Server::start(test_config());
+    let mut c = shelved_client(&server);
+    // Taken back from the shelf: counted anew (the /hello before it is not counted).
+    for expected in ["0", "1", "2"] {
+        c.send(&get("/earlier"));
+        assert_eq!(c.read_response().body, expected.as_bytes());
+    }
+    let mut fresh = server.client();
+    c.send(&get("/earlier"));
+    fresh.send(&get("/earlier"));
+    assert_eq!(c.read_response().body, b"3");
+    assert_eq!(fresh.read_response().body, b"0");
+}
+
+#[test]
 fn idle_keep_alive_connection_is_shelved_and_served_again() {
     let server = Server::start(test_config());
     let mut c = server.client();

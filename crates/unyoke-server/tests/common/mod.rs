@@ -349,6 +349,7 @@ impl Handler for TestHandler {
         let (path, query) = Self::path(ex);
         match path {
             b"/hello" => respond_bytes(ex, 200, b"hello"),
+            b"/earlier" => respond_bytes(ex, 200, ex.earlier_requests.to_string().as_bytes()),
             b"/echo" => self.echo(ex),
             b"/sleep" => self.sleep(ex, query),
             b"/big" => self.big(ex, query),
