@@ -283,15 +283,6 @@ struct Conn<'a, H: Handler, T: Transport> {
     decoder: RequestDecoder,
     info: Arc<ConnInfo>,
     wbuf: Vec<u8>,
-    /// The timer of the waits between requests, made at the first wait and reset for the
-    /// next: moving a registered timer's deadline later is one atomic exchange, where a new
-    /// timer per wait cost an insertion into the timer wheel and a removal (each under the
-    /// driver's lock) on every request.
-    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The stop signal for keep-alive waits, kept for the same reason: it joins the
-    /// signal's waiter list once, not on every request. (Made after the first request; once
-    /// signalled it stays ready, so a stop during a request closes the next wait at once.)
-    idle_stop: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
     /// Requests served by this task (see [`Exchange::earlier_requests`]).
     served: u32,
 }
@@ -335,12 +326,30 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
         buf,
         info,
         wbuf: Vec::new(),
-        idle_timer: None,
-        idle_stop: None,
         served: 0,
     };
+    // The timer and the stop signal of the waits between requests, made once per
+    // connection and pinned here, in the task: moving a registered timer's deadline later
+    // is one atomic exchange, where a new timer per wait cost an insertion into the timer
+    // wheel and a removal (each under the driver's lock) on every request, and the stop
+    // signal joins its waiter list once, not on every request (once signalled it stays
+    // ready, so a stop during a request closes the next wait at once). Not boxed: two
+    // small allocations living from the first request to the shelving fragmented the
+    // memory that idle connections give back.
+    let idle_timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(idle_timer);
+    let idle_stop = shared.stop_notify.notified();
+    tokio::pin!(idle_stop);
     loop {
-        let head = match conn.read_head(first, first_deadline.take()).await {
+        let head = match conn
+            .read_head(
+                first,
+                first_deadline.take(),
+                idle_timer.as_mut(),
+                idle_stop.as_mut(),
+            )
+            .await
+        {
             HeadOutcome::Head(h) => h,
             HeadOutcome::Close => break,
             HeadOutcome::Idle(deadline) => {
@@ -392,7 +401,13 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
     /// Reads until a request head is complete. Between requests the keep-alive timeout
     /// applies; once a byte of a head arrived, the header timeout bounds the whole head
     /// (for the first request, from the accept: `first_deadline` when it was set earlier).
-    async fn read_head(&mut self, first: bool, first_deadline: Option<Instant>) -> HeadOutcome {
+    async fn read_head(
+        &mut self,
+        first: bool,
+        first_deadline: Option<Instant>,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+        mut stop: Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> HeadOutcome {
         let cfg = &self.shared.config;
         let mut deadline: Option<Instant> = if first {
             Some(first_deadline.unwrap_or_else(|| Instant::now() + cfg.header_timeout))
@@ -430,38 +445,22 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 let shelve_at = now + SHELVE_AFTER;
                 let shelve = T::READINESS && shelve_at < until;
                 let wait_until = if shelve { shelve_at } else { until };
-                if let Some(t) = self.idle_timer.as_mut() {
-                    // A shelving time already close to the new one is kept (the
-                    // connection is set aside at most SHELVE_SLACK early): at thousands of
-                    // requests a second, most waits then leave the timer alone.
-                    if !(shelve && t.deadline() + SHELVE_SLACK >= wait_until) {
-                        t.as_mut().reset(wait_until);
-                    }
+                // A shelving time already close to the new one is kept (the connection is
+                // set aside at most SHELVE_SLACK early): at thousands of requests a
+                // second, most waits then leave the timer alone.
+                if !(shelve && timer.deadline() + SHELVE_SLACK >= wait_until) {
+                    timer.as_mut().reset(wait_until);
                 }
-                let timer = self
-                    .idle_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wait_until)));
                 // A connection that has not sent its first request yet may be one the
                 // kernel queued just before the stop (a reload, a rolling restart): it
                 // keeps its header timeout (the grace period bounds it anyway) and is
                 // answered with `Connection: close`. Idle keep-alive connections close now.
-                let shared: &Shared<H> = self.shared;
-                let stop = if first {
-                    None
-                } else {
-                    Some(
-                        self.idle_stop
-                            .get_or_insert_with(|| Box::pin(shared.stop_notify.notified())),
-                    )
-                };
                 let io = &self.io;
                 let ready = tokio::select! {
                     biased;
                     r = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => Ok(r),
                     _ = timer.as_mut() => Err(()),
-                    _ = async { if let Some(s) = stop { s.as_mut().await } }, if !first => {
-                        return HeadOutcome::Close
-                    }
+                    _ = stop.as_mut(), if !first => return HeadOutcome::Close,
                 };
                 match ready {
                     Ok(Ok(())) => {}
