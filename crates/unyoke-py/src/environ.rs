@@ -10,7 +10,6 @@ use unyoke_http::{RequestHead, Version};
 use unyoke_server::{ConnInfo, Exchange, PeerAddr};
 
 use crate::handler::ReqState;
-
 use crate::settings::WsgiSettings;
 
 /// Most distinct header names whose environ keys are cached (hostile clients can send
@@ -354,21 +353,17 @@ impl EnvironBuilder {
         // A connection's first request builds its environ directly; the template is kept
         // from its second on. A connection used once (or once per idle period) then
         // leaves nothing behind in the interpreter's memory when it is set aside.
-        let env = if ex.earlier_requests == 0 {
-            self.conn_template(py, conn)?.into_bound(py)
+        let kept = if ex.earlier_requests == 0 {
+            None
         } else {
-            let own;
-            let base = match conn
-                .cache
+            conn.cache
                 .get_or_try_init(|| self.conn_template(py, conn))?
-            {
-                Some(t) => t,
-                None => {
-                    own = self.conn_template(py, conn)?;
-                    &own
-                }
-            };
-            base.bind(py).copy()?
+        };
+        let env = match kept {
+            Some(t) => t.bind(py).copy()?,
+            // (Also when the cache holds another type: the template is made for this
+            // request alone.)
+            None => self.conn_template(py, conn)?.into_bound(py),
         };
         let method = head.method();
         if method != b"GET" {

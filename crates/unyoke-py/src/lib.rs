@@ -123,8 +123,8 @@ impl Engine {
 
     /// Counters: open_connections, requests_in_flight, requests_total, bytes_in,
     /// bytes_out, threads, idle_connections (set aside while idle), responses_by_class
-    /// (index 0: none sent, 1: 1xx … 5: 5xx), duration_buckets (per bucket, the last +Inf), duration_bucket_bounds (seconds),
-    /// duration_sum_seconds.
+    /// (index 0: none sent, 1: 1xx … 5: 5xx), duration_buckets (per bucket, the last
+    /// +Inf), duration_bucket_bounds (seconds), duration_sum_seconds.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let d = PyDict::new(py);

@@ -58,8 +58,8 @@ pub struct ConnInfo {
 }
 
 /// What a handler keeps per connection: e.g. the connection's addresses as its own
-/// objects, made at the first request instead of on every request. A copy of a
-/// `ConnInfo` starts empty, since copies are made to change the addresses.
+/// objects, made once instead of on every request. A copy of a `ConnInfo` starts empty,
+/// since copies are made to change the addresses.
 #[derive(Default)]
 pub struct HandlerCache(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
 
