@@ -20,9 +20,10 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # Debian packages the tests need, as "command:package" (chromium: the browser test of
-# examples/clock_sse.py; nginx and its stream module, named by its file: tests/e2e/test_nginx.py).
+# examples/clock_sse.py; nginx and its stream module, named by its file, and wrk, the load
+# of the rolling-reload test: tests/e2e/test_nginx.py).
 # Installed with apt-get when the command (or file) is missing and we are root.
-APT_NEEDS := chromium:chromium nginx:nginx \
+APT_NEEDS := chromium:chromium nginx:nginx wrk:wrk \
 	/usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream
 
 .PHONY: deps
