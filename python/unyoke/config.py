@@ -394,7 +394,10 @@ SETTINGS: Tuple[Setting, ...] = (
         minimum=0,
         maximum=MAX_INT,
         help="Request body bytes read ahead of the application; beyond them the body is "
-        "read only as the application reads it, so a request holds at most this much memory.",
+        "read only as the application reads it, so a request holds at most this much memory. "
+        "Once the application reads a Content-Length body with read(n) (n up to 1 MiB), the "
+        "rest is not read ahead: it goes from the socket straight into the bytes each read "
+        "returns.",
     ),
     Setting(
         "body_preread",

@@ -121,14 +121,21 @@ def input_ops(environ: Environ, start_response: StartResponse) -> List[bytes]:
 
 @route("sha")
 def sha(environ: Environ, start_response: StartResponse) -> List[bytes]:
-    """Reads the body in blocks of `block` bytes; returns its length and sha256."""
-    block = int(query(environ).get("block", "65536"))
+    """Reads the body in blocks of `block` bytes; returns its length and sha256. With
+    `id`, a read that raises is recorded as `<id> <exception type>`."""
+    q = query(environ)
+    block = int(q.get("block", "65536"))
     digest = hashlib.sha256()
     length = 0
     reads = 0
     stream = environ["wsgi.input"]
     while True:
-        data = stream.read(block)
+        try:
+            data = stream.read(block)
+        except Exception as e:
+            if "id" in q:
+                record("sha", f"{q['id']} {type(e).__name__}")
+            raise
         if not data:
             break
         if len(data) > block:

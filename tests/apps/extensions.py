@@ -655,16 +655,22 @@ def settings_headers(environ: Environ, start_response: StartResponse) -> List[by
 
 @route("settings/gated_sha")
 def settings_gated_sha(environ: Environ, start_response: StartResponse) -> List[bytes]:
-    """Waits (without reading the body) until the test creates `<state>/gate-<name>`,
-    then reads the whole body in 64 KiB blocks: its length and sha256."""
-    name = query(environ)["name"]
+    """Reads `first` bytes of the body (default none), then waits until the test creates
+    `<state>/gate-<name>`, then reads the rest in 64 KiB blocks: its length and sha256."""
+    q = query(environ)
+    name = q["name"]
     path = os.path.join(state_dir() or ".", f"gate-{name}")
+    digest = hashlib.sha256()
+    length = 0
+    first = int(q.get("first", "0"))
+    if first:
+        data = environ["wsgi.input"].read(first)
+        length += len(data)
+        digest.update(data)
     record("gate", f"waiting {name}")
     deadline = time.monotonic() + 30
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.02)
-    digest = hashlib.sha256()
-    length = 0
     while True:
         data = environ["wsgi.input"].read(65536)
         if not data:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import socket
 import struct
+import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -450,6 +452,68 @@ def test_large_body_read_all_at_once(server):
     first, rest = response.json()
     assert first.encode("latin-1") == body
     assert rest == ""
+
+
+def sha_of(body: bytes, block: int) -> Dict[str, Any]:
+    """What /_/sha answers for `body` read in blocks of `block` bytes."""
+    return {
+        "length": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "reads": -(-len(body) // block),
+    }
+
+
+@pytest.mark.parametrize("block", [1000, 65536, 300_000])
+def test_body_read_in_pieces_as_it_trickles_in(server, block):
+    """The client sends the body in uneven pieces with pauses: each read(block) still
+    returns exactly `block` bytes until the end, assembled from what arrived (the
+    server reads the body straight into the bytes the application gets, a piece at a
+    time), and the body is intact."""
+    body = pattern_bytes(700_001, seed=11)
+    with server.connect(timeout=20) as conn:
+        conn.send(
+            build_request("POST", f"/_/sha?block={block}", [("Content-Length", str(len(body)))])
+        )
+        at = 0
+        for size in itertools.cycle([1, 70_000, 5, 123_457, 40_000]):
+            if at >= len(body):
+                break
+            conn.send(body[at : at + size])
+            at += size
+            time.sleep(0.01)
+        _, response = conn.read_final_response()
+    assert response.json() == sha_of(body, block)
+
+
+def test_request_pipelined_after_a_body_read_in_pieces(server):
+    """A request sent right behind a large body is served next: the body's reads stop at
+    its Content-Length, the rest stays for the next request."""
+    body = pattern_bytes(300_000, seed=5)
+    with server.connect(timeout=20) as conn:
+        conn.send(
+            build_request("POST", "/_/sha?block=65536", body=body)
+            + build_request("POST", "/_/sha?block=10", body=b"next")
+        )
+        _, first = conn.read_final_response()
+        _, second = conn.read_final_response()
+    assert first.json() == sha_of(body, 65536)
+    assert second.json() == sha_of(b"next", 10)
+
+
+def test_client_leaving_mid_body_fails_the_read_and_spares_the_server(server):
+    """A client that closes in the middle of a body the application is reading: the
+    waiting read raises ClientDisconnected, and the server goes on serving."""
+    ident = new_id()
+    with server.connect(timeout=20) as conn:
+        conn.send(
+            build_request("POST", f"/_/sha?block=65536&id={ident}", [("Content-Length", "1000000")])
+            + pattern_bytes(200_000, seed=2)
+        )
+        time.sleep(0.3)
+    assert server.wait_for_state("sha", f"{ident} ClientDisconnected")
+    body = pattern_bytes(100_000, seed=3)
+    response, _ = exchange(server, "POST", "/_/sha?block=65536", body=body)
+    assert response.json() == sha_of(body, 65536)
 
 
 @pytest.fixture(scope="module")

@@ -192,19 +192,24 @@ def test_maximum_simultaneous_requests_past_the_bound_is_503_after_inactivity_ti
 # -- inbuf_overflow -----------------------------------------------------------------------------
 
 
-def bytes_accepted_before_the_app_reads(server: ServerProcess, name: str, size: int) -> int:
-    """Send a `size`-byte body to an app that does not read yet; how many bytes the
-    kernel took before sending stalled for a second. Then open the gate and check that
-    the app reads the whole body intact."""
+def bytes_accepted_before_the_app_reads(
+    server: ServerProcess, name: str, size: int, first: int = 0
+) -> int:
+    """Send a `size`-byte body to an app that reads `first` bytes of it and then waits;
+    how many bytes the kernel took before sending stalled for a second. Then open the
+    gate and check that the app reads the whole body intact."""
     body = bytes(range(256)) * (size // 256)
     with server.connect(timeout=20) as conn:
         # A small send buffer on our side, so that what is taken is mostly the server's.
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        # The head and the default pre-read (64 KiB): then the app is called.
-        sent = 65536
+        # The head and the default pre-read (64 KiB), or what the app reads first: then
+        # it waits.
+        sent = max(65536, first)
         conn.send(
             build_request(
-                "POST", f"/settings/gated_sha?name={name}", [("Content-Length", str(size))]
+                "POST",
+                f"/settings/gated_sha?name={name}&first={first}",
+                [("Content-Length", str(size))],
             )
             + body[:sent]
         )
@@ -235,6 +240,16 @@ def test_inbuf_overflow_bounds_what_is_read_ahead_of_the_app(servers):
     held_large = bytes_accepted_before_the_app_reads(large, "large", size)
     assert held_small < 2 << 20, f"{held_small} bytes taken with inbuf_overflow=64 KiB"
     assert held_large >= 8 << 20, f"only {held_large} bytes taken with inbuf_overflow=8 MiB"
+
+
+def test_a_body_read_in_pieces_is_not_read_ahead(servers):
+    """Once the application reads a Content-Length body in pieces (here one read of
+    64 KiB), the rest waits in the kernel's buffer (TCP flow control) until it asks, so
+    that it goes from the socket straight into the bytes the application gets: the
+    server takes far less than `inbuf_overflow`, and the body arrives intact."""
+    srv = servers.start(APP, "--inbuf-overflow", str(8 << 20))
+    held = bytes_accepted_before_the_app_reads(srv, "pieces", 20 << 20, first=65536)
+    assert held < 4 << 20, f"{held} bytes taken after the app read a piece"
 
 
 # -- body_preread ---------------------------------------------------------------------------------

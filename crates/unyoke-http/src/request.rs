@@ -238,6 +238,29 @@ impl RequestDecoder {
         )
     }
 
+    /// How many body bytes may be read from the connection straight into the
+    /// application's memory, past `decode`, when `buffered` bytes are waiting to be
+    /// decoded: the rest of a Content-Length body, if nothing is buffered. Zero otherwise:
+    /// buffered bytes come first, and a chunked body's framing must be decoded.
+    pub fn passthrough_room(&self, buffered: usize) -> u64 {
+        match self.state {
+            State::Length { remaining } if buffered == 0 => remaining,
+            _ => 0,
+        }
+    }
+
+    /// Records `n` body bytes read past the decoder (see [`Self::passthrough_room`]);
+    /// `End` follows once the body is all in. More than the room is a caller's bug and
+    /// is clamped.
+    pub fn passed_through(&mut self, n: u64) {
+        if let State::Length { remaining } = &mut self.state {
+            *remaining -= n.min(*remaining);
+            if n > 0 {
+                self.body_started = true;
+            }
+        }
+    }
+
     /// True while a `100 Continue` still makes sense: the current request sent
     /// `Expect: 100-continue`, it has a body, and no byte of it has been decoded yet.
     pub fn expecting_continue(&self) -> bool {

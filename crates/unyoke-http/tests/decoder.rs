@@ -787,3 +787,39 @@ fn every_byte_in_a_field_value() {
         }
     }
 }
+
+/// Body bytes read past the decoder (straight into the application's memory) advance
+/// it as if decoded: `End`, then the next pipelined request, follow.
+#[test]
+fn passthrough_reads_advance_a_length_body() {
+    let mut d = RequestDecoder::new(Limits::default());
+    let mut buf =
+        BytesMut::from(&b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc"[..]);
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Event::Head(_)))));
+    // Bytes still buffered come first.
+    assert_eq!(d.passthrough_room(buf.len()), 0);
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Event::Data(b))) if &b[..] == b"abc"));
+    assert_eq!(d.passthrough_room(0), 7);
+    d.passed_through(4);
+    assert_eq!(d.passthrough_room(0), 3);
+    d.passed_through(3);
+    assert_eq!(d.passthrough_room(0), 0);
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Event::End))));
+    assert!(d.is_idle());
+    buf.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Event::Head(h))) if h.target() == b"/next"));
+}
+
+/// A chunked body has framing to decode: nothing may pass it.
+#[test]
+fn passthrough_has_no_room_in_a_chunked_body() {
+    let mut d = RequestDecoder::new(Limits::default());
+    let mut buf =
+        BytesMut::from(&b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Event::Head(_)))));
+    assert_eq!(d.passthrough_room(0), 0);
+    d.passed_through(5);
+    buf.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Event::Data(b))) if &b[..] == b"abc"));
+    assert!(matches!(d.decode(&mut buf), Ok(Some(Event::End))));
+}

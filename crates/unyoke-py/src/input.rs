@@ -6,7 +6,8 @@ use bytes::Bytes;
 use pyo3::exceptions::{PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
-use unyoke_server::{BodyError, BodyRead, Exchange};
+use unyoke_http::BodyKind;
+use unyoke_server::{BodyError, BodyFill, BodyRead, Exchange};
 
 use crate::handler::ReqState;
 use crate::ClientDisconnected;
@@ -14,6 +15,11 @@ use crate::ClientDisconnected;
 /// How long the leader, waiting in its own call for body bytes, drives the engine itself
 /// before it hands it to another thread (other requests' calls wait that long).
 const BRIEF_DRIVE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Largest `read` made as one bytes object that the connection may read the body
+/// straight into (no copy between the socket and Python). Larger reads are assembled as
+/// the bytes arrive, so that a Content-Length alone cannot make the server allocate.
+const LENT_READ_UP_TO: usize = 1024 * 1024;
 
 /// The request body (`environ['wsgi.input']`). Reads block until data arrives; the
 /// first read sends `100 Continue` when the client asked for it.
@@ -23,6 +29,8 @@ pub struct Input {
     /// Bytes fetched but not returned yet (after a `readline`).
     pending: Bytes,
     eof: bool,
+    /// Body bytes taken from the exchange so far.
+    taken: u64,
 }
 
 impl Input {
@@ -31,7 +39,88 @@ impl Input {
             ex,
             pending: Bytes::new(),
             eof: false,
+            taken: 0,
         }
+    }
+
+    /// Waits for the body to make progress after a read found nothing (`drove`: the
+    /// brief drive of this read was used).
+    fn wait_body(&self, py: Python<'_>, drove: &mut bool) {
+        if self.ex.must_drive() {
+            // No thread could take over the engine: drive it from here.
+            self.ex.drive_until_body();
+        } else if !*drove && self.ex.may_drive() {
+            // The rest of a body being uploaded is usually microseconds away: read it
+            // from here for a moment rather than hand the engine to another thread and
+            // back (measured: 10 context switches per 1 MiB upload read in 64 KiB
+            // pieces). A slow client still gets the hand-off after BRIEF_DRIVE.
+            *drove = true;
+            self.ex.drive_for_body(Some(BRIEF_DRIVE));
+        } else {
+            let ex = Arc::clone(&self.ex);
+            py.allow_threads(move || ex.wait_body());
+            self.ex.gate_taken();
+        }
+    }
+
+    /// How many bytes `read(limit)` returns if the body is not cut short, when that is
+    /// known (a Content-Length body).
+    fn known_read_len(&self, limit: usize) -> Option<usize> {
+        let BodyKind::Length(len) = self.ex.head.body else {
+            return None;
+        };
+        let left = usize::try_from(len.saturating_sub(self.taken)).ok()?;
+        Some(limit.min(self.pending.len().saturating_add(left)))
+    }
+
+    /// `read` of exactly `want` bytes (fewer only at an early end) into one new bytes
+    /// object, which the connection may read the body straight into.
+    fn read_lent<'py>(&mut self, py: Python<'py>, want: usize) -> PyResult<Bound<'py, PyBytes>> {
+        // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose
+        // n-byte buffer is uninitialised and only ours until we hand the object out.
+        let obj = unsafe {
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), want as pyo3::ffi::Py_ssize_t)
+        };
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: obj is a new, owned reference to a bytes object.
+        let obj: Bound<'py, PyBytes> =
+            unsafe { Bound::from_owned_ptr(py, obj).downcast_into_unchecked() };
+        // SAFETY: the buffer of a bytes object we own, `want` bytes long.
+        let dst = unsafe { pyo3::ffi::PyBytes_AsString(obj.as_ptr()) }.cast::<u8>();
+        let mut filled = self.pending.len().min(want);
+        // SAFETY: filled <= want bytes into our buffer, from our own `pending`.
+        unsafe { std::ptr::copy_nonoverlapping(self.pending.as_ptr(), dst, filled) };
+        bytes::Buf::advance(&mut self.pending, filled);
+        // The loan to the connection ends before the object can reach Python code, on
+        // every way out (an error or a panic included).
+        let lent = Lent(&self.ex);
+        let mut drove = false;
+        while filled < want && !self.eof {
+            // SAFETY: dst + filled is writable for want - filled bytes, and nothing else
+            // touches the buffer until `lent` is dropped.
+            match unsafe { self.ex.try_read_body_into(dst.add(filled), want - filled) } {
+                BodyFill::Filled(n) => {
+                    filled += n;
+                    self.taken += n as u64;
+                    // Progress: the next wait may be a brief drive again.
+                    drove = false;
+                }
+                BodyFill::Eof => self.eof = true,
+                BodyFill::Pending => self.wait_body(py, &mut drove),
+                BodyFill::Error(e) => return Err(body_error(e)),
+            }
+        }
+        drop(lent);
+        if filled < want {
+            // Ended early (a body shorter than announced cannot reach here, but a short
+            // Length is not worth a panic): the bytes read so far.
+            // SAFETY: the first `filled` bytes were written.
+            let got = unsafe { std::slice::from_raw_parts(dst, filled) };
+            return Ok(PyBytes::new(py, got));
+        }
+        Ok(obj)
     }
 
     /// The next piece of the body (at most `max` bytes), or None at the end.
@@ -46,40 +135,16 @@ impl Input {
         let mut drove = false;
         loop {
             match self.ex.try_read_body(max) {
-                BodyRead::Data(b) => return Ok(Some(b)),
+                BodyRead::Data(b) => {
+                    self.taken += b.len() as u64;
+                    return Ok(Some(b));
+                }
                 BodyRead::Eof => {
                     self.eof = true;
                     return Ok(None);
                 }
-                BodyRead::Pending => {
-                    if self.ex.must_drive() {
-                        // No thread could take over the engine: drive it from here.
-                        self.ex.drive_until_body();
-                    } else if !drove && self.ex.may_drive() {
-                        // The rest of a body being uploaded is usually microseconds away:
-                        // read it from here for a moment rather than hand the engine to
-                        // another thread and back (measured: 10 context switches per
-                        // 1 MiB upload read in 64 KiB pieces). A slow client still gets
-                        // the hand-off after BRIEF_DRIVE.
-                        drove = true;
-                        self.ex.drive_for_body(Some(BRIEF_DRIVE));
-                    } else {
-                        let ex = Arc::clone(&self.ex);
-                        py.allow_threads(move || ex.wait_body());
-                        self.ex.gate_taken();
-                    }
-                }
-                BodyRead::Error(e) => {
-                    return Err(ClientDisconnected::new_err(match e {
-                        BodyError::Malformed(status) => {
-                            format!("malformed request body ({status})")
-                        }
-                        BodyError::Disconnected => {
-                            "client disconnected while sending the body".to_string()
-                        }
-                        BodyError::Timeout => "timed out reading the request body".to_string(),
-                    }))
-                }
+                BodyRead::Pending => self.wait_body(py, &mut drove),
+                BodyRead::Error(e) => return Err(body_error(e)),
             }
         }
     }
@@ -136,6 +201,25 @@ impl Input {
     }
 }
 
+/// The exception for a body that cannot be read.
+fn body_error(e: BodyError) -> PyErr {
+    ClientDisconnected::new_err(match e {
+        BodyError::Malformed(status) => format!("malformed request body ({status})"),
+        BodyError::Disconnected => "client disconnected while sending the body".to_string(),
+        BodyError::Timeout => "timed out reading the request body".to_string(),
+    })
+}
+
+/// Memory lent to the connection for the body (see `Exchange::try_read_body_into`),
+/// taken back when dropped.
+struct Lent<'a>(&'a Exchange<ReqState>);
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.0.take_back_target();
+    }
+}
+
 /// A bytes object made of `pieces` (`total` bytes), with one copy and no zero-fill.
 fn concat_bytes<'py>(py: Python<'py>, pieces: &[Bytes], total: usize) -> Bound<'py, PyBytes> {
     // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose n-byte
@@ -162,6 +246,15 @@ impl Input {
     /// Reads at most `size` bytes (all of the rest when `size` is None or negative).
     #[pyo3(signature = (size = None))]
     fn read<'py>(&mut self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        let limit = match size {
+            Some(n) if n >= 0 => n as usize,
+            _ => usize::MAX,
+        };
+        if let Some(want) = self.known_read_len(limit) {
+            if want <= LENT_READ_UP_TO && !self.eof {
+                return self.read_lent(py, want);
+            }
+        }
         let (pieces, total) = self.read_pieces(py, size)?;
         if let [one] = pieces.as_slice() {
             return Ok(PyBytes::new(py, one));

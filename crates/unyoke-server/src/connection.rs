@@ -671,20 +671,29 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         let mut last_progress = Instant::from_std(ex.started);
         let responseless_deadline = cfg.responseless_timeout.map(|t| Instant::now() + t);
         loop {
-            let (want_read, demand, park_deadline, watch_client) = {
+            // Body bytes may go straight into the application's memory when it lent some
+            // and nothing is buffered ahead of them (see `Exchange::try_read_body_into`).
+            let room = self.decoder.passthrough_room(self.buf.len());
+            let (want_read, demand, park_deadline, watch_client, direct) = {
                 let inner = ex.lock();
-                let read_ahead =
-                    (inner.body_buffered as u64) < cfg.inbuf_overflow && (!expect || continue_sent);
+                // Once the application lends memory for a Content-Length body, the body
+                // waits in the kernel's buffer (TCP's own read-ahead) until it reads, so
+                // that it goes straight into that memory: read ahead, it would be copied.
+                let read_ahead = (inner.body_buffered as u64) < cfg.inbuf_overflow
+                    && (!expect || continue_sent)
+                    && !(inner.lending && room > 0);
                 let park = if inner.parked && !inner.unparked {
                     inner.park_deadline
                 } else {
                     None
                 };
+                let want_read = !body_done && (inner.demand || read_ahead);
                 (
-                    !body_done && (inner.demand || read_ahead),
+                    want_read,
                     inner.demand,
                     park,
                     inner.watch_client || inner.parked,
+                    want_read && room > 0 && lent_room(&inner) > 0,
                 )
             };
             if demand && expect && !continue_sent && !head_written && !body_done {
@@ -705,7 +714,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 && watch_client
                 && !gone
                 && self.buf.len() < cfg.limits.max_request_header_size;
-            if want_read {
+            if want_read && !direct {
                 self.make_room(BODY_READ_SIZE);
             } else if watch_eof {
                 self.make_room(HEAD_READ_SIZE);
@@ -765,9 +774,19 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                         None => {}
                     }
                 }
-                r = async { timeout_at(Instant::now() + inactivity, self.io.read_buf(&mut self.buf)).await }, if want_read || watch_eof => {
+                r = async {
+                    let read = async {
+                        if direct {
+                            let io = &mut self.io;
+                            std::future::poll_fn(|cx| poll_read_lent(io, exr, room, cx)).await
+                        } else {
+                            self.io.read_buf(&mut self.buf).await.map(Got::Buffered)
+                        }
+                    };
+                    timeout_at(Instant::now() + inactivity, read).await
+                }, if want_read || watch_eof => {
                     match r {
-                        Ok(Ok(0)) => {
+                        Ok(Ok(Got::Buffered(0) | Got::Lent(0))) => {
                             // The client closed its side: mid-body, or while waiting.
                             let mut inner = ex.lock();
                             if !body_done {
@@ -778,12 +797,24 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                             body_done = true;
                             gone = true;
                         }
-                        Ok(Ok(n)) => {
+                        Ok(Ok(Got::Buffered(n))) => {
                             shared.stats.bytes_in(n);
                             if want_read {
                                 self.absorb_body(&ex, &mut body_done, &mut malformed);
                             }
                         }
+                        Ok(Ok(Got::Lent(n))) => {
+                            shared.stats.bytes_in(n);
+                            self.decoder.passed_through(n as u64);
+                            ex.lock().demand = false;
+                            ex.notify_app();
+                            if self.decoder.passthrough_room(0) == 0 {
+                                // All in: the decoder's End marks the body complete.
+                                self.absorb_body(&ex, &mut body_done, &mut malformed);
+                            }
+                        }
+                        // The loan ended before anything was read: look again.
+                        Ok(Ok(Got::Nothing)) => {}
                         Ok(Err(_)) => {
                             if !body_done {
                                 ex.lock().body_error = Some(BodyError::Disconnected);
@@ -1214,6 +1245,58 @@ enum Timer {
     Park,
     Responseless,
     Inactive,
+}
+
+/// What an exchange's read of the socket got.
+enum Got {
+    /// Bytes appended to the connection's buffer (0: the client closed).
+    Buffered(usize),
+    /// Body bytes written into the memory the application lent (0: the client closed).
+    Lent(usize),
+    /// Nothing: the loan ended before the socket had bytes.
+    Nothing,
+}
+
+/// Room left in the memory the application lent for body bytes; 0 if it lent none, or if
+/// body bytes are queued (they come first).
+fn lent_room(inner: &crate::exchange::Inner) -> usize {
+    match &inner.target {
+        Some(t) if inner.body.is_empty() => t.len - t.filled,
+        _ => 0,
+    }
+}
+
+/// Reads at most `room` body bytes from `io` straight into the memory the application
+/// lent (see `Exchange::try_read_body_into`), under the exchange's lock, so that the
+/// application cannot take the memory back in the middle.
+fn poll_read_lent<T: Transport, S>(
+    io: &mut T,
+    ex: &Exchange<S>,
+    room: u64,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<Got>> {
+    let mut inner = ex.lock();
+    let free = lent_room(&inner);
+    let Some(t) = inner.target.as_mut().filter(|_| free > 0) else {
+        return Poll::Ready(Ok(Got::Nothing));
+    };
+    let cap = free.min(usize::try_from(room).unwrap_or(usize::MAX));
+    // SAFETY: the lender keeps `t.len` bytes at `t.ptr` alive and untouched while the
+    // loan stands, and it only ends under this lock, which is held until the read is
+    // over; `t.filled + cap <= t.len`. ReadBuf treats the memory as uninitialised.
+    let mem = unsafe {
+        std::slice::from_raw_parts_mut(t.ptr.add(t.filled).cast::<std::mem::MaybeUninit<u8>>(), cap)
+    };
+    let mut rb = tokio::io::ReadBuf::uninit(mem);
+    match Pin::new(io).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => {
+            let n = rb.filled().len();
+            t.filled += n;
+            Poll::Ready(Ok(Got::Lent(n)))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 /// Applies the response framing to the body as it is written.

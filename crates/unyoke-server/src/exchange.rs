@@ -59,6 +59,34 @@ pub enum BodyRead {
     Error(BodyError),
 }
 
+/// What a non-blocking body read into the caller's memory found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFill {
+    /// This many bytes were written at the start of the caller's memory.
+    Filled(usize),
+    /// The body is complete.
+    Eof,
+    /// Nothing yet: the memory is lent to the connection task, which may read the body
+    /// straight into it; wait, then call again (or take it back with
+    /// [`Exchange::take_back_target`]).
+    Pending,
+    /// The body cannot be read.
+    Error(BodyError),
+}
+
+/// The application's memory, lent to the connection task so that body bytes go from the
+/// socket into the object the application gets (a Python `bytes`) without a copy.
+pub(crate) struct Target {
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
+    /// Bytes the connection task has written at `ptr` so far.
+    pub(crate) filled: usize,
+}
+
+// SAFETY: the pointer is only written through under the exchange's lock, while the
+// lender keeps the memory alive and untouched (see `Exchange::try_read_body_into`).
+unsafe impl Send for Target {}
+
 /// A piece of the response body.
 #[derive(Debug)]
 pub enum OutChunk {
@@ -107,6 +135,12 @@ pub(crate) struct Inner {
     pub(crate) body_error: Option<BodyError>,
     /// The application waits for body bytes.
     pub(crate) demand: bool,
+    /// Where the connection task may read the body's next bytes straight into.
+    pub(crate) target: Option<Target>,
+    /// The application reads the body in pieces it could lend memory for (see
+    /// `Exchange::try_read_body_into`): the connection stops reading a Content-Length
+    /// body ahead of it, so that the rest goes from the socket straight into that memory.
+    pub(crate) lending: bool,
     /// Extra header lines for `100 Continue` (each ending in CRLF).
     pub(crate) continue_headers: Vec<u8>,
     // Response, filled by the application.
@@ -137,6 +171,16 @@ pub(crate) struct Inner {
     pub(crate) gone: bool,
     task_waker: Option<Waker>,
     signaled: bool,
+}
+
+impl Inner {
+    /// Whether an application thread waiting for the body may go on.
+    fn body_ready(&self) -> bool {
+        !self.body.is_empty()
+            || self.body_eof
+            || self.body_error.is_some()
+            || self.target.as_ref().is_some_and(|t| t.filled > 0)
+    }
 }
 
 /// How a park ended.
@@ -235,7 +279,7 @@ impl<S> Exchange<S> {
     pub fn drive_for_body(&self, limit: Option<Duration>) -> bool {
         self.waking.drive(limit, &mut |cx| {
             let mut inner = self.inner.lock();
-            if !inner.body.is_empty() || inner.body_eof || inner.body_error.is_some() {
+            if inner.body_ready() {
                 return true;
             }
             inner.app_waker = Some(cx.waker().clone());
@@ -300,12 +344,70 @@ impl<S> Exchange<S> {
         BodyRead::Pending
     }
 
+    /// Reads up to `len` body bytes into `dst` without blocking: bytes already buffered
+    /// are copied there; if there are none, `dst` is lent to the connection task, which
+    /// may then read the body from the socket straight into it (a Content-Length body,
+    /// nothing else buffered) and say so in a later call.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes, and nothing else may read or write
+    /// it from the call until the next call on this exchange returns something other than
+    /// `Pending`, or [`Exchange::take_back_target`] returns.
+    pub unsafe fn try_read_body_into(&self, dst: *mut u8, len: usize) -> BodyFill {
+        let mut inner = self.inner.lock();
+        inner.lending = true;
+        if let Some(t) = inner.target.take() {
+            if t.filled > 0 {
+                return BodyFill::Filled(t.filled);
+            }
+        }
+        if let Some(front) = inner.body.front_mut() {
+            let n = len.min(front.len());
+            // SAFETY: the caller guarantees `dst` is writable for `len` >= n bytes, and
+            // `front` (a buffer of ours) cannot overlap the caller's memory.
+            unsafe { std::ptr::copy_nonoverlapping(front.as_ptr(), dst, n) };
+            if n == front.len() {
+                inner.body.pop_front();
+            } else {
+                bytes::Buf::advance(front, n);
+            }
+            inner.body_buffered -= n;
+            if !inner.body_eof && !inner.demand {
+                // Keep the read-ahead going.
+                self.signal(&mut inner);
+            }
+            return BodyFill::Filled(n);
+        }
+        if let Some(e) = inner.body_error {
+            return BodyFill::Error(e);
+        }
+        if inner.body_eof || len == 0 {
+            return BodyFill::Eof;
+        }
+        inner.target = Some(Target {
+            ptr: dst,
+            len,
+            filled: 0,
+        });
+        inner.demand = true;
+        // Also when the task already reads for a demand: it switches to the target.
+        self.signal(&mut inner);
+        BodyFill::Pending
+    }
+
+    /// Ends the loan of [`Exchange::try_read_body_into`]: the connection task no longer
+    /// writes to the memory once this returns. Returns how many bytes it had written
+    /// there (body bytes the caller now owns).
+    pub fn take_back_target(&self) -> usize {
+        self.inner.lock().target.take().map_or(0, |t| t.filled)
+    }
+
     /// Blocks until body bytes, the end of the body, or an error are there. Call without
     /// the gate (GIL) held, after `try_read_body` returned `Pending`; call
     /// [`Exchange::gate_taken`] once the gate is held again.
     pub fn wait_body(&self) {
         let mut inner = self.inner.lock();
-        while inner.body.is_empty() && !inner.body_eof && inner.body_error.is_none() {
+        while !inner.body_ready() {
             self.body_cv.wait(&mut inner);
         }
         drop(inner);

@@ -20,7 +20,8 @@ pub use connection::{ConnInfo, HandlerCache, PeerAddr};
 pub use dispatch::{Dispatcher, Gate, Job};
 pub use engine::{Config, Engine, Network, Stats, DURATION_BUCKETS};
 pub use exchange::{
-    BodyError, BodyRead, Exchange, OutChunk, ParkOutcome, ResponseStart, OUTPUT_HIGH_WATER,
+    BodyError, BodyFill, BodyRead, Exchange, OutChunk, ParkOutcome, ResponseStart,
+    OUTPUT_HIGH_WATER,
 };
 pub use listener::{Listener, ListenerKind};
 pub use tls::{server_config as tls_server_config, TlsError, TlsFiles};
