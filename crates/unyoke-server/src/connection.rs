@@ -234,9 +234,45 @@ const BODY_READ_SIZE: usize = 64 * 1024;
 const COALESCE_UP_TO: usize = 1024;
 const COALESCE_CHUNKS: usize = 16;
 
-/// Buffers up to this size are kept between the requests of a connection; larger ones
-/// (a body's) are freed when the connection goes idle.
+/// Buffers up to this size are kept between the requests of a connection (a read buffer
+/// in the engine's [`BufferPool`]); larger ones (a body's) are freed when it goes idle.
 const KEEP_BUFFER_UP_TO: usize = 16 * 1024;
+
+/// Most read buffers the pool keeps (8 KiB each: at most 2 MiB).
+const BUFFER_POOL_MAX: usize = 256;
+
+/// The read buffers of connections waiting for their next request, for whichever
+/// connection has bytes to read next. A connection waiting in its task holds no read
+/// buffer: 5,000 clients that each sent a request and went quiet used to hold 8 KiB each
+/// until they were set aside, and the burst left the heap fragmented (idle test: 0.16 to
+/// 0.99 KiB per idle connection after the trim, -0.07 to 0.06 with buffers given back).
+/// Busy connections pass buffers around instead of allocating one per request; the pool
+/// is emptied when the allocator is trimmed (see `idle::sweep`).
+#[derive(Default)]
+pub(crate) struct BufferPool(parking_lot::Mutex<Vec<BytesMut>>);
+
+impl BufferPool {
+    /// A pooled buffer, or an empty one (it allocates on its first reserve).
+    fn take(&self) -> BytesMut {
+        self.0.lock().pop().unwrap_or_default()
+    }
+
+    /// Keeps `buf` for another connection if it is empty and small, else frees it.
+    fn give(&self, buf: BytesMut) {
+        if buf.is_empty() && buf.capacity() > 0 && buf.capacity() <= KEEP_BUFFER_UP_TO {
+            let mut pool = self.0.lock();
+            if pool.len() < BUFFER_POOL_MAX {
+                pool.push(buf);
+            }
+        }
+    }
+
+    /// Frees every pooled buffer.
+    pub(crate) fn clear(&self) {
+        let bufs = std::mem::take(&mut *self.0.lock());
+        drop(bufs);
+    }
+}
 
 /// How much earlier than [`SHELVE_AFTER`] a waiting connection may be set aside, so that
 /// its timer need not be moved on every request.
@@ -431,13 +467,13 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             let now = Instant::now();
             let until = deadline.unwrap_or(now + cfg.keepalive_timeout);
             if idle {
-                // A new connection holds no buffers until bytes come. Between requests a
-                // connection keeps its small buffers (reusing them saves an 8 KiB
-                // allocation and the growth of the write buffer on every request) for as
-                // long as it waits in its task: at most SHELVE_AFTER for a socket that can
-                // be set aside (one timer either way), which then frees the whole task.
-                if first || self.buf.capacity() > KEEP_BUFFER_UP_TO {
-                    self.buf = BytesMut::new();
+                // A waiting connection holds no read buffer (it goes to the pool). Between
+                // requests it keeps its small write buffer (saving its growth on every
+                // request) for as long as it waits in its task: at most SHELVE_AFTER for a
+                // socket that can be set aside (one timer either way), which then frees
+                // the whole task.
+                if self.buf.capacity() > 0 {
+                    self.shared.buffers.give(std::mem::take(&mut self.buf));
                 }
                 if first || self.wbuf.capacity() > KEEP_BUFFER_UP_TO {
                     self.wbuf = Vec::new();
@@ -468,6 +504,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                     _ => return HeadOutcome::Close,
                 }
             }
+            if self.buf.capacity() == 0 {
+                self.buf = self.shared.buffers.take();
+            }
             self.make_room(HEAD_READ_SIZE);
             if idle && T::READINESS {
                 // Readiness can be stale: tokio reports a fresh connection ready at once (an
@@ -479,9 +518,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 tokio::pin!(read);
                 match poll_once(read.as_mut()).await {
                     Poll::Pending => {
-                        if first {
-                            self.buf = BytesMut::new();
-                        }
+                        self.shared.buffers.give(std::mem::take(&mut self.buf));
                         continue;
                     }
                     Poll::Ready(Ok(0)) => return HeadOutcome::Close,
@@ -1399,7 +1436,30 @@ async fn write_all_vectored<T: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::HandlerCache;
+    use super::{BufferPool, HandlerCache, BUFFER_POOL_MAX, HEAD_READ_SIZE, KEEP_BUFFER_UP_TO};
+    use bytes::BytesMut;
+
+    #[test]
+    fn buffer_pool_keeps_only_empty_small_buffers_and_at_most_its_bound() {
+        let pool = BufferPool::default();
+        let mut holding = BytesMut::with_capacity(HEAD_READ_SIZE);
+        holding.extend_from_slice(b"GET");
+        pool.give(holding); // Bytes of a pipelined request: never shared.
+        pool.give(BytesMut::with_capacity(KEEP_BUFFER_UP_TO + 1)); // A body's: freed.
+        pool.give(BytesMut::new()); // Nothing to keep.
+        assert_eq!(pool.take().capacity(), 0, "nothing was pooled");
+        for _ in 0..BUFFER_POOL_MAX + 5 {
+            pool.give(BytesMut::with_capacity(HEAD_READ_SIZE));
+        }
+        let mut taken = 0;
+        while pool.take().capacity() >= HEAD_READ_SIZE {
+            taken += 1;
+        }
+        assert_eq!(taken, BUFFER_POOL_MAX);
+        pool.give(BytesMut::with_capacity(HEAD_READ_SIZE));
+        pool.clear();
+        assert_eq!(pool.take().capacity(), 0, "cleared");
+    }
 
     #[test]
     fn handler_cache_keeps_the_first_value_and_copies_start_empty() {

@@ -304,6 +304,8 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) request_slots: Option<Arc<Semaphore>>,
     /// Idle connections set aside.
     pub(crate) idle: IdlePool,
+    /// Read buffers of waiting connections, for the next one with bytes to read.
+    pub(crate) buffers: crate::connection::BufferPool,
     connection_events: bool,
     handler: Arc<H>,
     dispatcher: Arc<Dispatcher<Task<H>>>,
@@ -382,6 +384,7 @@ impl<H: Handler> Engine<H> {
             stop_notify: Notify::new(),
             request_slots,
             idle: IdlePool::new()?,
+            buffers: Default::default(),
             connection_events: handler.wants_connection_events(),
             handler: Arc::new(handler),
             dispatcher,

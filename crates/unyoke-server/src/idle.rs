@@ -259,9 +259,9 @@ impl IdlePool {
 
     /// Removes (and so closes) the connections whose time is up, or, when `stopping`,
     /// every connection that has already had a request (one that has not keeps its header
-    /// timeout through a graceful stop, as in its own task). Also gives freed memory back
-    /// once a burst of shelving is over.
-    fn sweep(&self, now: Instant, stopping: bool) -> Vec<Closed> {
+    /// timeout through a graceful stop, as in its own task). Also says whether a burst of
+    /// shelving is over, so that freed memory should be given back.
+    fn sweep(&self, now: Instant, stopping: bool) -> (Vec<Closed>, bool) {
         let mut inner = self.inner.lock();
         let mut closed = Vec::new();
         if inner.len > 0 {
@@ -286,12 +286,11 @@ impl IdlePool {
         let burst_over = inner
             .last_shelved
             .is_some_and(|t| now.saturating_duration_since(t) >= SWEEP_EVERY);
-        if inner.shelved_since_trim >= TRIM_AFTER_SHELVED && burst_over {
+        let trim = inner.shelved_since_trim >= TRIM_AFTER_SHELVED && burst_over;
+        if trim {
             inner.shelved_since_trim = 0;
-            drop(inner);
-            trim_allocator();
         }
-        closed
+        (closed, trim)
     }
 }
 
@@ -358,8 +357,14 @@ pub(crate) async fn watch<H: Handler>(shared: Arc<Shared<H>>) {
 /// Closes the shelved connections whose time is up (see [`IdlePool::sweep`]), with the
 /// same bookkeeping as a connection task's end.
 pub(crate) fn sweep<H: Handler>(shared: &Shared<H>, now: Instant, stopping: bool) {
-    for c in shared.idle.sweep(now, stopping) {
+    let (closed, trim) = shared.idle.sweep(now, stopping);
+    for c in closed {
         shared.connection_closed(c.info);
+    }
+    if trim {
+        // The pooled read buffers too: after a burst, they would pin what it left.
+        shared.buffers.clear();
+        trim_allocator();
     }
 }
 
