@@ -4,6 +4,7 @@ handed over by systemd (LISTEN_FDS) — real processes, real clients (curl, ssl,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -171,6 +172,32 @@ def test_tls_with_curl_and_python_ssl(servers, tmp_path: Path, certificate) -> N
     with socket.create_connection(server.address, timeout=10) as raw:
         with pytest.raises(ssl.SSLCertVerificationError):
             ssl.create_default_context().wrap_socket(raw, server_hostname="localhost")
+
+
+def test_large_upload_over_tls_arrives_intact(servers, tmp_path: Path, certificate) -> None:
+    """A 3 MiB body over TLS, read by the app in 64 KiB pieces (the server fills them
+    straight from the TLS stream), arrives intact; the request sent right behind it on
+    the same connection is answered next."""
+    cert, key = certificate
+    server = start(servers, tmp_path, "--certfile", str(cert), "--keyfile", str(key))
+    body = os.urandom(3 << 20)
+    context = ssl.create_default_context(cafile=str(cert))
+    with socket.create_connection(server.address, timeout=20) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
+                % len(body)
+                + body
+                + b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    responses = data.split(b"HTTP/1.1 200 OK\r\n")
+    assert len(responses) == 3 and responses[0] == b"", data[:300]
+    uploaded = json.loads(responses[1].partition(b"\r\n\r\n")[2])
+    assert uploaded == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert json.loads(responses[2].partition(b"\r\n\r\n")[2])["wsgi.url_scheme"] == "https"
 
 
 def test_aborted_handshakes_cost_nothing(servers, tmp_path: Path, certificate) -> None:
