@@ -76,19 +76,7 @@ impl Input {
     /// `read` of exactly `want` bytes (fewer only at an early end) into one new bytes
     /// object, which the connection may read the body straight into.
     fn read_lent<'py>(&mut self, py: Python<'py>, want: usize) -> PyResult<Bound<'py, PyBytes>> {
-        // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose
-        // n-byte buffer is uninitialised and only ours until we hand the object out.
-        let obj = unsafe {
-            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), want as pyo3::ffi::Py_ssize_t)
-        };
-        if obj.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        // SAFETY: obj is a new, owned reference to a bytes object.
-        let obj: Bound<'py, PyBytes> =
-            unsafe { Bound::from_owned_ptr(py, obj).downcast_into_unchecked() };
-        // SAFETY: the buffer of a bytes object we own, `want` bytes long.
-        let dst = unsafe { pyo3::ffi::PyBytes_AsString(obj.as_ptr()) }.cast::<u8>();
+        let (obj, dst) = uninit_bytes(py, want)?;
         let mut filled = self.pending.len().min(want);
         // SAFETY: filled <= want bytes into our buffer, from our own `pending`.
         unsafe { std::ptr::copy_nonoverlapping(self.pending.as_ptr(), dst, filled) };
@@ -220,25 +208,40 @@ impl Drop for Lent<'_> {
     }
 }
 
-/// A bytes object made of `pieces` (`total` bytes), with one copy and no zero-fill.
-fn concat_bytes<'py>(py: Python<'py>, pieces: &[Bytes], total: usize) -> Bound<'py, PyBytes> {
+/// A new bytes object of `len` bytes, not yet filled (no zero-fill), and its buffer: the
+/// caller must write all of it before the object reaches Python code.
+fn uninit_bytes(py: Python<'_>, len: usize) -> PyResult<(Bound<'_, PyBytes>, *mut u8)> {
     // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object whose n-byte
-    // buffer is uninitialised and exclusively ours until returned; we fill all of it.
-    unsafe {
-        let obj =
-            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as pyo3::ffi::Py_ssize_t);
-        if obj.is_null() {
-            // Out of memory: fall back to the safe path, which raises MemoryError cleanly.
-            return PyBytes::new(py, &pieces.concat());
-        }
-        let dst = pyo3::ffi::PyBytes_AsString(obj) as *mut u8;
-        let mut at = 0;
-        for p in pieces {
-            std::ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len());
-            at += p.len();
-        }
-        Bound::from_owned_ptr(py, obj).downcast_into_unchecked()
+    // buffer is uninitialised and only ours until we hand the object out (NULL with an
+    // exception set, MemoryError, if it cannot).
+    let obj = unsafe {
+        pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t)
+    };
+    if obj.is_null() {
+        return Err(PyErr::fetch(py));
     }
+    // SAFETY: obj is a new, owned reference to a bytes object.
+    let obj: Bound<'_, PyBytes> =
+        unsafe { Bound::from_owned_ptr(py, obj).downcast_into_unchecked() };
+    // SAFETY: the buffer of a bytes object we own, `len` bytes long.
+    let buf = unsafe { pyo3::ffi::PyBytes_AsString(obj.as_ptr()) }.cast::<u8>();
+    Ok((obj, buf))
+}
+
+/// A bytes object made of `pieces` (`total` bytes), with one copy and no zero-fill.
+fn concat_bytes<'py>(
+    py: Python<'py>,
+    pieces: &[Bytes],
+    total: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let (obj, dst) = uninit_bytes(py, total)?;
+    let mut at = 0;
+    for p in pieces {
+        // SAFETY: the pieces add up to `total`, the size of the buffer.
+        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len()) };
+        at += p.len();
+    }
+    Ok(obj)
 }
 
 #[pymethods]
@@ -259,7 +262,7 @@ impl Input {
         if let [one] = pieces.as_slice() {
             return Ok(PyBytes::new(py, one));
         }
-        Ok(concat_bytes(py, &pieces, total))
+        concat_bytes(py, &pieces, total)
     }
 
     /// Reads one line (up to and including b"\n"), at most `size` bytes.

@@ -318,17 +318,7 @@ impl<S> Exchange<S> {
     /// Reads up to `max` body bytes without blocking.
     pub fn try_read_body(&self, max: usize) -> BodyRead {
         let mut inner = self.inner.lock();
-        if let Some(front) = inner.body.front_mut() {
-            let data = if front.len() <= max {
-                inner.body.pop_front().unwrap_or_default()
-            } else {
-                front.split_to(max)
-            };
-            inner.body_buffered -= data.len();
-            if !inner.body_eof && !inner.demand {
-                // Keep the read-ahead going.
-                self.signal(&mut inner);
-            }
+        if let Some(data) = self.pop_body(&mut inner, max) {
             return BodyRead::Data(data);
         }
         if let Some(e) = inner.body_error {
@@ -342,6 +332,23 @@ impl<S> Exchange<S> {
             self.signal(&mut inner);
         }
         BodyRead::Pending
+    }
+
+    /// Takes up to `max` bytes from the front of the queued body, if any; keeps the
+    /// read-ahead going.
+    fn pop_body(&self, inner: &mut Inner, max: usize) -> Option<Bytes> {
+        let front = inner.body.front_mut()?;
+        let data = if front.len() <= max {
+            inner.body.pop_front().unwrap_or_default()
+        } else {
+            front.split_to(max)
+        };
+        inner.body_buffered -= data.len();
+        if !inner.body_eof && !inner.demand {
+            // Keep the read-ahead going.
+            self.signal(inner);
+        }
+        Some(data)
     }
 
     /// Reads up to `len` body bytes into `dst` without blocking: bytes already buffered
@@ -361,22 +368,11 @@ impl<S> Exchange<S> {
                 return BodyFill::Filled(t.filled);
             }
         }
-        if let Some(front) = inner.body.front_mut() {
-            let n = len.min(front.len());
-            // SAFETY: the caller guarantees `dst` is writable for `len` >= n bytes, and
-            // `front` (a buffer of ours) cannot overlap the caller's memory.
-            unsafe { std::ptr::copy_nonoverlapping(front.as_ptr(), dst, n) };
-            if n == front.len() {
-                inner.body.pop_front();
-            } else {
-                bytes::Buf::advance(front, n);
-            }
-            inner.body_buffered -= n;
-            if !inner.body_eof && !inner.demand {
-                // Keep the read-ahead going.
-                self.signal(&mut inner);
-            }
-            return BodyFill::Filled(n);
+        if let Some(data) = self.pop_body(&mut inner, len) {
+            // SAFETY: the caller guarantees `dst` is writable for `len` >= data.len()
+            // bytes, and `data` (a buffer of ours) cannot overlap the caller's memory.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+            return BodyFill::Filled(data.len());
         }
         if let Some(e) = inner.body_error {
             return BodyFill::Error(e);
