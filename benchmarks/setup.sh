@@ -98,7 +98,10 @@ EOF
 
 if [ -x "$HYPER_DIR/target/release/hyperhello" ]; then
     echo "hyper limit server already built: $HYPER_DIR/target/release/hyperhello"
-elif HYPER_DIR="$HYPER_DIR" sh "$HARNESS/limits/setup_hyper.sh" >"$LOG/hyper.log" 2>&1; then
+# (with cargo's default target dir: the harness's script looks for $HYPER_DIR/target, and
+# CARGO_TARGET_DIR, exported above for unyoke's build, would send the binary elsewhere)
+elif env -u CARGO_TARGET_DIR HYPER_DIR="$HYPER_DIR" sh "$HARNESS/limits/setup_hyper.sh" >"$LOG/hyper.log" 2>&1 \
+        && [ -x "$HYPER_DIR/target/release/hyperhello" ]; then
     echo "built $HYPER_DIR/target/release/hyperhello"
 else
     echo "FAILED    hyper limit server (see $LOG/hyper.log)"
