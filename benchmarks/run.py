@@ -326,6 +326,17 @@ def run_all(args):
             with open(os.path.join(out, "floor.json"), "w") as f:
                 f.write(text + "\n")
             print(text)
+            # the same for the real-app workloads: what their applications cost alone
+            app_floor_py = os.path.join(HERE, "app_floor.py")
+            text = subprocess.run(
+                ["taskset", "-c", "1", _venv_python(), app_floor_py, "--json"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            with open(os.path.join(out, "app_floor.json"), "w") as f:
+                f.write(text + "\n")
+            print(text)
     if "matrix" in phases:
         with Phase(meta, "matrix"):
             _harness(
@@ -393,6 +404,15 @@ def run_all(args):
 # --------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------
+def _read_json(path):
+    """One JSON document from a file, or None when it is missing or not JSON."""
+    try:
+        with open(path) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def _read_jsonl(path):
     if not os.path.exists(path):
         return []
@@ -454,6 +474,17 @@ def summarize(records):
             )
             out.setdefault(workload, {})[server] = stats
     return out
+
+
+def _limit_rps(workload, summary, app_floor):
+    """The most req/s any server could reach on this workload, where the run measured it:
+    the hyper server's req/s for hello-c1 (the I/O alone, no Python), the application
+    floor's for the real apps (the application alone, no I/O). None elsewhere."""
+    if workload == "hello-c1":
+        hyper = summary.get(workload, {}).get(LIMIT)
+        return hyper["rps"] if hyper and hyper["rps"] else None
+    v = (app_floor or {}).get("results", {}).get(workload)
+    return v["max_rps_one_core"] if v else None
 
 
 def best_peer(by_server):
@@ -626,6 +657,7 @@ def render(out):
         lines.append("![chart](chart.png)")
         lines.append("")
 
+    app_floor = _read_json(os.path.join(out, "app_floor.json"))
     # headline
     lines += [
         "## Headline: unyoke against the best peer, per workload",
@@ -640,6 +672,9 @@ def render(out):
         name, peer = best_peer(by)
         met, why = verdict(w, ours, peer, by.get(LIMIT))
         ratio = ours["rps"] / peer["rps"] if ours and ours["rps"] and peer else None
+        limit = _limit_rps(w, summary, app_floor)
+        if not met and limit and peer and peer["rps"] * RATIO_TARGET.get(w, 0) > limit:
+            why += f"; the target is above the limit measured beside it, {limit:,.0f}"
         lines.append(
             f"| {w} | {_num(ours and ours['rps'])} | {name or '-'} | {_num(peer and peer['rps'])} "
             f"| {_num(ratio, '{:.2f}x')} | {_num(ours and ours['cpu_us'], '{:.1f}')} "
@@ -651,13 +686,7 @@ def render(out):
     lines.append("")
 
     # limits
-    floor = None
-    if os.path.exists(os.path.join(out, "floor.json")):
-        with open(os.path.join(out, "floor.json")) as f:
-            try:
-                floor = json.loads(f.read())
-            except ValueError:
-                floor = None
+    floor = _read_json(os.path.join(out, "floor.json"))
     lines += ["## How much of each limit unyoke reaches", ""]
     hello = [w for w in ("hello-c1", "hello-c64", "hello-c256") if w in summary]
     if hello and any(LIMIT in summary[w] for w in hello):
@@ -698,6 +727,33 @@ def render(out):
                 f"| {v['variant']}: {v['desc']} | {v['us_median']:.3f} | "
                 f"{v['max_rps_one_core']:,} | {_num(o and o['cpu_us'], '{:.1f}')} | "
                 f"{_num(share, '{:.0f} %')} |"
+            )
+        lines.append("")
+
+    real = [w for w in (app_floor or {}).get("results", {}) if w in summary]
+    if real:
+        lines += [
+            f"The application floor (`benchmarks/app_floor.py`, Python {app_floor.get('python')}, "
+            "CPU 1): the real-app workloads' applications called in a loop with the environ a "
+            "server hands over, body iterated, `close()` called, no server and no I/O. 1e6 ÷ "
+            "µs per call is the most req/s any WSGI server can reach with that application on "
+            "one core; a ratio target above it cannot be met by any server.",
+            "",
+            "| workload | app alone µs/call | most req/s any server can reach | best peer req/s "
+            "| target (ratio x best peer) | unyoke req/s | unyoke's share of the app's limit |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for w in real:
+            v = app_floor["results"][w]
+            o = summary[w].get(OURS)
+            _, peer = best_peer(summary[w])
+            target = peer["rps"] * RATIO_TARGET[w] if peer and peer["rps"] else None
+            share = 100 * o["rps"] / v["max_rps_one_core"] if o and o["rps"] else None
+            lines.append(
+                f"| {w} | {v['us_median']:.1f} | {v['max_rps_one_core']:,} "
+                f"| {_num(peer and peer['rps'])} | {_num(target)}"
+                f"{' (above the limit)' if target and target > v['max_rps_one_core'] else ''} "
+                f"| {_num(o and o['rps'])} | {_num(share, '{:.0f} %')} |"
             )
         lines.append("")
 
