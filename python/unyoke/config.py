@@ -395,9 +395,11 @@ SETTINGS: Tuple[Setting, ...] = (
         maximum=MAX_INT,
         help="Request body bytes read ahead of the application; beyond them the body is "
         "read only as the application reads it, so a request holds at most this much memory. "
-        "Once the application reads a Content-Length body with read(n) (n up to 1 MiB), the "
-        "rest is not read ahead: it goes from the socket straight into the bytes each read "
-        "returns.",
+        "A chunked body is read ahead from the call on; a Content-Length body only once the "
+        "application reads it through readline, read() of more than 1 MiB or iteration. "
+        "Until then (beyond body_preread), and when it reads with read(n) (n up to 1 MiB), it "
+        "waits in the kernel's buffer and goes from the socket straight into the bytes each "
+        "read returns.",
     ),
     Setting(
         "body_preread",

@@ -655,16 +655,19 @@ def settings_headers(environ: Environ, start_response: StartResponse) -> List[by
 
 @route("settings/gated_sha")
 def settings_gated_sha(environ: Environ, start_response: StartResponse) -> List[bytes]:
-    """Reads `first` bytes of the body (default none), then waits until the test creates
-    `<state>/gate-<name>`, then reads the rest in 64 KiB blocks: its length and sha256."""
+    """Reads `first` bytes of the body (default none), or one line with `line=1`, then
+    waits until the test creates `<state>/gate-<name>`, then reads the rest in 64 KiB
+    blocks: its length and sha256."""
     q = query(environ)
     name = q["name"]
     path = os.path.join(state_dir() or ".", f"gate-{name}")
     digest = hashlib.sha256()
     length = 0
     first = int(q.get("first", "0"))
-    if first:
-        data = environ["wsgi.input"].read(first)
+    line = q.get("line") == "1"
+    if first or line:
+        reader = environ["wsgi.input"]
+        data = reader.readline() if line else reader.read(first)
         length += len(data)
         digest.update(data)
     record("gate", f"waiting {name}")

@@ -193,11 +193,11 @@ def test_maximum_simultaneous_requests_past_the_bound_is_503_after_inactivity_ti
 
 
 def bytes_accepted_before_the_app_reads(
-    server: ServerProcess, name: str, size: int, first: int = 0
+    server: ServerProcess, name: str, size: int, first: int = 0, line: bool = False
 ) -> int:
-    """Send a `size`-byte body to an app that reads `first` bytes of it and then waits;
-    how many bytes the kernel took before sending stalled for a second. Then open the
-    gate and check that the app reads the whole body intact."""
+    """Send a `size`-byte body to an app that reads `first` bytes of it (or one line) and
+    then waits; how many bytes the kernel took before sending stalled for a second. Then
+    open the gate and check that the app reads the whole body intact."""
     body = bytes(range(256)) * (size // 256)
     with server.connect(timeout=20) as conn:
         # A small send buffer on our side, so that what is taken is mostly the server's.
@@ -208,7 +208,7 @@ def bytes_accepted_before_the_app_reads(
         conn.send(
             build_request(
                 "POST",
-                f"/settings/gated_sha?name={name}&first={first}",
+                f"/settings/gated_sha?name={name}&first={first}&line={int(line)}",
                 [("Content-Length", str(size))],
             )
             + body[:sent]
@@ -231,15 +231,26 @@ def bytes_accepted_before_the_app_reads(
 
 
 def test_inbuf_overflow_bounds_what_is_read_ahead_of_the_app(servers):
-    """The server reads ahead at most `inbuf_overflow` bytes of a body the application
-    has not asked for; then TCP flow control holds the client back."""
+    """Once the application reads through the buffered path (here `readline`), the server
+    reads ahead at most `inbuf_overflow` bytes of the body it has not asked for yet; then
+    TCP flow control holds the client back."""
     size = 20 << 20
     small = servers.start(APP, "--inbuf-overflow", "65536")
     large = servers.start(APP, "--inbuf-overflow", str(8 << 20))
-    held_small = bytes_accepted_before_the_app_reads(small, "small", size)
-    held_large = bytes_accepted_before_the_app_reads(large, "large", size)
+    held_small = bytes_accepted_before_the_app_reads(small, "small", size, line=True)
+    held_large = bytes_accepted_before_the_app_reads(large, "large", size, line=True)
     assert held_small < 2 << 20, f"{held_small} bytes taken with inbuf_overflow=64 KiB"
     assert held_large >= 8 << 20, f"only {held_large} bytes taken with inbuf_overflow=8 MiB"
+
+
+def test_a_body_not_asked_for_is_not_read_ahead(servers):
+    """A Content-Length body the application has not started reading is read only up to
+    `body_preread` (64 KiB) before its call: the rest waits in the kernel's buffer, so
+    that a queued upload holds no more than that, and the application's reads take the
+    body straight from the socket. The body arrives intact."""
+    srv = servers.start(APP, "--inbuf-overflow", str(8 << 20))
+    held = bytes_accepted_before_the_app_reads(srv, "unasked", 20 << 20)
+    assert held < 4 << 20, f"{held} bytes taken before the app asked for any"
 
 
 def test_a_body_read_in_pieces_is_not_read_ahead(servers):

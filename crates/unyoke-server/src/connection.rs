@@ -714,12 +714,18 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             let room = self.decoder.passthrough_room(self.buf.len());
             let (want_read, demand, park_deadline, watch_client, direct) = {
                 let inner = ex.lock();
-                // Once the application lends memory for a Content-Length body, the body
-                // waits in the kernel's buffer (TCP's own read-ahead) until it reads, so
-                // that it goes straight into that memory: read ahead, it would be copied.
+                // A Content-Length body is read ahead of the application (into our
+                // buffer, up to `inbuf_overflow`) only once it has read through the
+                // buffered path and lent no memory. Until it asks, and once it lends
+                // memory, the rest waits in the kernel's buffer (TCP's own read-ahead)
+                // and goes from the socket straight into the application's bytes: read
+                // ahead while the request waits for its call, half of a 1 MiB upload
+                // (echo-c16) was copied once more, and every queued upload held
+                // `inbuf_overflow` of memory. A chunked body (no room) is always read
+                // ahead: its framing has to be decoded anyway.
                 let read_ahead = (inner.body_buffered as u64) < cfg.inbuf_overflow
                     && (!expect || continue_sent)
-                    && !(inner.lending && room > 0);
+                    && (room == 0 || (inner.buffered_reader && !inner.lending));
                 let park = if inner.parked && !inner.unparked {
                     inner.park_deadline
                 } else {

@@ -141,6 +141,11 @@ pub(crate) struct Inner {
     /// `Exchange::try_read_body_into`): the connection stops reading a Content-Length
     /// body ahead of it, so that the rest goes from the socket straight into that memory.
     pub(crate) lending: bool,
+    /// The application asked for body bytes through the buffered path (`try_read_body`:
+    /// a chunked body, `readline`, a large read): the connection reads the body ahead of
+    /// it, up to `inbuf_overflow`. A Content-Length body it has not asked for is not read
+    /// ahead beyond the pre-read (see `Conn::exchange`).
+    pub(crate) buffered_reader: bool,
     /// Extra header lines for `100 Continue` (each ending in CRLF).
     pub(crate) continue_headers: Vec<u8>,
     // Response, filled by the application.
@@ -318,6 +323,7 @@ impl<S> Exchange<S> {
     /// Reads up to `max` body bytes without blocking.
     pub fn try_read_body(&self, max: usize) -> BodyRead {
         let mut inner = self.inner.lock();
+        inner.buffered_reader = true;
         if let Some(data) = self.pop_body(&mut inner, max) {
             return BodyRead::Data(data);
         }
