@@ -375,6 +375,7 @@ impl<H: Handler> Engine<H> {
         let waking: Arc<dyn Waking> = Arc::new(DispatchWaking::<H>(Arc::clone(&dispatcher)));
         let request_slots = (config.maximum_simultaneous_requests > 0)
             .then(|| Arc::new(Semaphore::new(config.maximum_simultaneous_requests)));
+        let max_size = config.max_size;
         let shared = Arc::new(Shared {
             config,
             date: DateCache::default(),
@@ -383,7 +384,7 @@ impl<H: Handler> Engine<H> {
             policy,
             stop_notify: Notify::new(),
             request_slots,
-            idle: IdlePool::new()?,
+            idle: IdlePool::new(max_size)?,
             buffers: Default::default(),
             connection_events: handler.wants_connection_events(),
             handler: Arc::new(handler),

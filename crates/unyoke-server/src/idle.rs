@@ -37,6 +37,9 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// their tasks used back to the kernel (once the burst is over: see [`IdlePool::sweep`]).
 const TRIM_AFTER_SHELVED: usize = 64;
 
+/// Most slots reserved when the shelf is made (see [`IdlePool::new`]).
+const RESERVE_UP_TO: usize = 65_536;
+
 /// A socket that can be set aside (TLS sessions cannot: their state is in user space).
 pub(crate) enum Shelvable {
     Tcp(std::net::TcpStream),
@@ -111,6 +114,17 @@ struct Inner {
     last_shelved: Option<Instant>,
 }
 
+impl Inner {
+    fn with_capacity(slots: usize) -> Inner {
+        Inner {
+            slots: Vec::with_capacity(slots),
+            free: Vec::with_capacity(slots),
+            generations: Vec::with_capacity(slots),
+            ..Inner::default()
+        }
+    }
+}
+
 /// The shelf of one engine.
 pub(crate) struct IdlePool {
     epoll: OwnedFd,
@@ -124,7 +138,12 @@ pub(crate) struct Closed {
 }
 
 impl IdlePool {
-    pub(crate) fn new() -> io::Result<IdlePool> {
+    /// A shelf for up to `max_size` connections. Its slot vectors are reserved now (pages
+    /// the kernel maps only as slots are used): grown by doubling during a burst of
+    /// connections going idle, each step copied the vector and left the old one as a hole
+    /// among the burst's other allocations, which the allocator could not always give
+    /// back afterwards.
+    pub(crate) fn new(max_size: usize) -> io::Result<IdlePool> {
         // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd we own.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -133,7 +152,7 @@ impl IdlePool {
         Ok(IdlePool {
             // SAFETY: `fd` was just created and is owned by nobody else.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner::with_capacity(max_size.min(RESERVE_UP_TO))),
         })
     }
 
@@ -376,5 +395,17 @@ mod tests {
     fn a_shelved_connection_is_one_64_byte_slot() {
         // The figure design.md gives for an idle connection's memory.
         assert_eq!(std::mem::size_of::<Option<Entry>>(), 64);
+    }
+
+    #[test]
+    fn the_shelf_reserves_its_slots_up_front_within_a_bound() {
+        let pool = IdlePool::new(10_000).expect("epoll set");
+        let inner = pool.inner.lock();
+        assert!(inner.slots.capacity() >= 10_000);
+        assert!(inner.generations.capacity() >= 10_000);
+        assert!(inner.free.capacity() >= 10_000);
+        drop(inner);
+        let huge = IdlePool::new(usize::MAX).expect("epoll set");
+        assert!(huge.inner.lock().slots.capacity() < 2 * RESERVE_UP_TO);
     }
 }
