@@ -885,7 +885,7 @@ def render(out):
             "",
             "Exact commands: `matrix/summary.md` (written by the harness). Raw data: "
             "`matrix/raw.jsonl`, `idle/idle.jsonl`, `idle-none/idle.jsonl`, `floor.json`, "
-            "`callgrind.txt`, `meta.json`. Re-render with "
+            "`app_floor.json`, `callgrind.txt`, `meta.json`. Re-render with "
             f"`python3 benchmarks/run.py --report {_shown_path(out)}`.",
         ]
     text = "\n".join(lines) + "\n"
