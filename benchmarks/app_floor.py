@@ -20,19 +20,16 @@ import argparse
 import gc
 import io
 import json
-import os
 import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "apps"))
+from run import APPS_DIR, EXTRA_WORKLOADS
+
+sys.path.insert(0, APPS_DIR)
 
 # workload -> module:callable, as benchmarks/run.py serves them
-APPS = {
-    "flask-c64": "flask_json:app",
-    "django-c64": "django_template:app",
-}
+APPS = {workload: spec for workload, (_, _, spec) in EXTRA_WORKLOADS.items()}
 
 # The request wrk sends, as a server's environ carries it.
 HEADERS = {"HTTP_HOST": "127.0.0.1:8000"}

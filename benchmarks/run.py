@@ -164,6 +164,20 @@ def _venv_python():
     return os.path.join(VENV, "bin", "python")
 
 
+def _floor(script, path):
+    """Runs a floor script (`--json`) with the venv's Python on the server's core (CPU 1)
+    and saves the one JSON line it prints to `path`."""
+    text = subprocess.run(
+        ["taskset", "-c", "1", _venv_python(), script, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    print(text)
+
+
 def _ensure_venv_python(argv):
     """Re-run under the bench venv's Python (flask, django and matplotlib live there)."""
     py = _venv_python()
@@ -317,26 +331,9 @@ def run_all(args):
 
     if "floor" in phases:
         with Phase(meta, "floor"):
-            text = subprocess.run(
-                ["taskset", "-c", "1", _venv_python(), os.path.join(HARNESS, "floor.py"), "--json"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            with open(os.path.join(out, "floor.json"), "w") as f:
-                f.write(text + "\n")
-            print(text)
+            _floor(os.path.join(HARNESS, "floor.py"), os.path.join(out, "floor.json"))
             # the same for the real-app workloads: what their applications cost alone
-            app_floor_py = os.path.join(HERE, "app_floor.py")
-            text = subprocess.run(
-                ["taskset", "-c", "1", _venv_python(), app_floor_py, "--json"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            with open(os.path.join(out, "app_floor.json"), "w") as f:
-                f.write(text + "\n")
-            print(text)
+            _floor(os.path.join(HERE, "app_floor.py"), os.path.join(out, "app_floor.json"))
     if "matrix" in phases:
         with Phase(meta, "matrix"):
             _harness(
