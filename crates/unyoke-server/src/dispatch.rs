@@ -57,7 +57,9 @@ pub trait Subject: Send + Sync {
 }
 
 /// What each dispatch thread runs now: when it started, and on what.
-type RunningSlot = Mutex<Option<(Instant, Arc<dyn Subject>)>>;
+/// A call in progress: when it started (on the coarse clock: read on every call, and
+/// reported in seconds) and what it serves.
+type RunningSlot = Mutex<Option<(Duration, Arc<dyn Subject>)>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -228,14 +230,14 @@ impl<J: Job> Dispatcher<J> {
 
     /// The application calls running now, with how long they have run, longest first.
     pub fn running(&self) -> Vec<(Duration, String)> {
-        let now = Instant::now();
+        let now = crate::clock::coarse_now();
         let mut calls: Vec<(Duration, String)> = self
             .running
             .iter()
             .filter_map(|s| {
                 s.lock()
                     .as_ref()
-                    .map(|(t, subj)| (now - *t, subj.describe()))
+                    .map(|(t, subj)| (now.saturating_sub(*t), subj.describe()))
             })
             .collect();
         calls.sort_by_key(|c| std::cmp::Reverse(c.0));
@@ -684,7 +686,7 @@ impl<J: Job> Dispatcher<J> {
                 self.control.lock().leader = LeaderState::App;
                 let slot = self.slot();
                 if let (Some(slot), Some(subject)) = (slot, job.subject()) {
-                    *slot.lock() = Some((Instant::now(), subject));
+                    *slot.lock() = Some((crate::clock::coarse_now(), subject));
                 }
                 job.run();
                 if let Some(slot) = slot {
