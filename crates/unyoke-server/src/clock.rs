@@ -72,7 +72,7 @@ impl DateCache {
             }
             // The words' loads must complete before the sequence is checked again.
             fence(Ordering::Acquire);
-            if before % 2 == 0 && self.seq.load(Ordering::Relaxed) == before {
+            if before.is_multiple_of(2) && self.seq.load(Ordering::Relaxed) == before {
                 let mut out = [0u8; 29];
                 out.copy_from_slice(&padded[..29]);
                 return out;
@@ -111,7 +111,7 @@ mod tests {
         let got = cache.get();
         let secs = *cache.secs.lock();
         assert_eq!(got, unyoke_http::http_date(secs));
-        assert_eq!(cache.seq.load(Ordering::Relaxed) % 2, 0);
+        assert!(cache.seq.load(Ordering::Relaxed).is_multiple_of(2));
     }
 
     #[test]
