@@ -237,8 +237,6 @@ const COALESCE_CHUNKS: usize = 16;
 /// Buffers up to this size are kept between the requests of a connection (a read buffer
 /// in the engine's [`BufferPool`]); larger ones (a body's) are freed when it goes idle.
 const KEEP_BUFFER_UP_TO: usize = 16 * 1024;
-/// The largest output queue (in chunks) a connection keeps for its next request.
-const SPARE_OUT_UP_TO: usize = 16;
 
 /// Most read buffers the pool keeps (8 KiB each: at most 2 MiB).
 const BUFFER_POOL_MAX: usize = 256;
@@ -322,12 +320,6 @@ struct Conn<'a, H: Handler, T: Transport> {
     decoder: RequestDecoder,
     info: Arc<ConnInfo>,
     wbuf: Vec<u8>,
-    /// The output queue of the last exchange, emptied, for the next one: a request's
-    /// queue then costs no allocation (it is dropped with the task when it is shelved).
-    spare_out: VecDeque<OutChunk>,
-    /// The clock read at the end of the last exchange, for the wait that follows it
-    /// (one clock read less per request).
-    ended_at: Option<Instant>,
     /// Requests served by this task (see [`Exchange::earlier_requests`]).
     served: u32,
 }
@@ -371,8 +363,6 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
         buf,
         info,
         wbuf: Vec::new(),
-        spare_out: VecDeque::new(),
-        ended_at: None,
         served: 0,
     };
     // The timer and the stop signal of the waits between requests, made once per
@@ -456,8 +446,6 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         mut stop: Pin<&mut tokio::sync::futures::Notified<'_>>,
     ) -> HeadOutcome {
         let cfg = &self.shared.config;
-        // Fresh only on this first turn (a pipelined head may not need it at all).
-        let mut ended_at = self.ended_at.take();
         let mut deadline: Option<Instant> = if first {
             Some(first_deadline.unwrap_or_else(|| Instant::now() + cfg.header_timeout))
         } else {
@@ -477,7 +465,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             if !idle && deadline.is_none() {
                 deadline = Some(Instant::now() + cfg.header_timeout);
             }
-            let now = ended_at.take().unwrap_or_else(Instant::now);
+            let now = Instant::now();
             let until = deadline.unwrap_or(now + cfg.keepalive_timeout);
             if idle {
                 // A waiting connection holds no read buffer (it goes to the pool). Between
@@ -645,16 +633,12 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         let cfg = &shared.config;
         let expect = head.expect_continue;
         let mut body_done = head.body == BodyKind::Empty;
-        let mut ex = Arc::new(Exchange::new(
+        let ex = Arc::new(Exchange::new(
             head,
             Arc::clone(&self.info),
             self.served,
             shared.waking(),
         ));
-        if let Some(fresh) = Arc::get_mut(&mut ex) {
-            // Not shared yet: no lock needed.
-            fresh.inner.get_mut().out = std::mem::take(&mut self.spare_out);
-        }
         self.served = self.served.saturating_add(1);
         shared.stats.request_started();
         let mut malformed: Option<RequestError> = None;
@@ -980,35 +964,24 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
             shared.submit(WorkItem::Close(Arc::clone(&ex)));
         }
         // A response never started (client gone first) counts as status 0.
-        self.ended_at = Some(self.record(&ex, &writer));
-        // The queue the application filled came here in the first swap; a small one is
-        // kept for the next request.
-        if chunks.capacity() <= SPARE_OUT_UP_TO {
-            chunks.clear();
-            self.spare_out = chunks;
-        }
+        self.record(&ex, &writer);
         if gone || aborted || malformed.is_some() || !writer.keep_alive {
             return Ok(false);
         }
         if !body_done {
-            self.ended_at = None;
             return Ok(self.discard_body(&ex).await);
         }
         Ok(!self.shared.policy.stopping.load(Ordering::Relaxed))
     }
 
     /// Counts a finished exchange in the statistics and writes its access-log line.
-    /// Returns the clock's reading it took.
-    fn record(&self, ex: &Exchange<H::State>, writer: &BodyWriter) -> Instant {
-        let now = Instant::now();
-        self.shared.stats.request_finished(
-            writer.status,
-            now.into_std().saturating_duration_since(ex.started),
-        );
+    fn record(&self, ex: &Exchange<H::State>, writer: &BodyWriter) {
+        self.shared
+            .stats
+            .request_finished(writer.status, ex.started.elapsed());
         if let Some(log) = &self.shared.access_log {
             self.log_request(log, ex, writer);
         }
-        now
     }
 
     /// Ends an exchange the application never saw (the client failed during the body's
