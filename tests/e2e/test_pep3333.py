@@ -194,6 +194,36 @@ def test_repeated_headers_are_joined(server):
     assert environ["HTTP_ACCEPT"] == "text/html, application/json"
 
 
+def test_repeated_identical_short_values_are_joined(server):
+    # One-character strings are shared objects in CPython: a repeated header must still
+    # be seen as repeated, not as the first of its name.
+    environ, _ = environ_for(
+        server, target="/same", headers=[("X-One", "1"), ("X-One", "1"), ("X-Two", "")]
+    )
+    assert environ["HTTP_X_ONE"] == "1, 1"
+    assert environ["HTTP_X_TWO"] == ""
+
+
+def test_known_header_names_in_any_case_and_with_underscores(server):
+    environ, _ = environ_for(
+        server,
+        target="/known",
+        headers=[
+            ("USER-AGENT", "shouting"),
+            ("sec-FETCH-mode", "navigate"),
+            ("Upgrade-Insecure-Requests", "1"),
+            ("User_Agent", "evil"),
+            ("Accept_Language", "evil"),
+            ("X-A-Rather-Long-Header-Name-Beyond-The-Known-Ones", "long"),
+        ],
+    )
+    assert environ["HTTP_USER_AGENT"] == "shouting"
+    assert environ["HTTP_SEC_FETCH_MODE"] == "navigate"
+    assert environ["HTTP_UPGRADE_INSECURE_REQUESTS"] == "1"
+    assert "HTTP_ACCEPT_LANGUAGE" not in environ
+    assert environ["HTTP_X_A_RATHER_LONG_HEADER_NAME_BEYOND_THE_KNOWN_ONES"] == "long"
+
+
 def test_repeated_cookie_headers_are_joined_with_semicolons(server):
     environ, _ = environ_for(
         server, target="/c", headers=[("Cookie", "a=1"), ("Cookie", "b=2; c=3")]

@@ -18,6 +18,9 @@ const HEADER_KEY_CACHE: usize = 512;
 
 /// Header names whose environ keys are kept ready (most frequent first): looking one up
 /// costs a few length comparisons, where the general cache costs a lock and a SipHash.
+/// The longest name in [`KNOWN_HEADERS`] (`upgrade-insecure-requests`).
+const KNOWN_NAME_MAX: usize = 25;
+
 const KNOWN_HEADERS: &[&str] = &[
     "host",
     "user-agent",
@@ -51,6 +54,22 @@ const KNOWN_HEADERS: &[&str] = &[
     "sec-ch-ua-mobile",
     "sec-ch-ua-platform",
 ];
+
+// Checked when compiling: every known name fits the lookup's buffer and is in lowercase
+// (what the lookup compares against).
+const _: () = {
+    let mut i = 0;
+    while i < KNOWN_HEADERS.len() {
+        let name = KNOWN_HEADERS[i].as_bytes();
+        assert!(name.len() <= KNOWN_NAME_MAX);
+        let mut j = 0;
+        while j < name.len() {
+            assert!(!name[j].is_ascii_uppercase() && name[j] != b'_');
+            j += 1;
+        }
+        i += 1;
+    }
+};
 
 /// The environ key of a header name: CONTENT_TYPE, CONTENT_LENGTH, else HTTP_ and the
 /// name in capitals with `-` as `_`.
@@ -93,8 +112,9 @@ pub struct EnvironBuilder {
     v_http11: Py<PyString>,
     v_empty: Py<PyString>,
     methods: Vec<(&'static [u8], Py<PyString>)>,
-    /// The environ keys of the usual header names, found without a lock or a hash.
-    known_headers: Vec<(&'static [u8], Py<PyString>)>,
+    /// The environ keys of the usual header names, found without a lock or a hash:
+    /// indexed by the name's length, then (lowercase name, key).
+    known_headers: Vec<Vec<(&'static [u8], Py<PyString>)>>,
     header_keys: Mutex<HashMap<Vec<u8>, Py<PyString>>>,
     server_name: Option<Py<PyString>>,
     /// Peers whose Forwarded / X-Forwarded-* headers are believed.
@@ -224,10 +244,17 @@ impl EnvironBuilder {
             v_http11: intern(py, "HTTP/1.1"),
             v_empty: intern(py, ""),
             methods,
-            known_headers: KNOWN_HEADERS
-                .iter()
-                .map(|n| (n.as_bytes(), intern(py, &environ_key(n.as_bytes()))))
-                .collect(),
+            known_headers: {
+                let mut by_len: Vec<Vec<(&'static [u8], Py<PyString>)>> =
+                    (0..=KNOWN_NAME_MAX).map(|_| Vec::new()).collect();
+                for n in KNOWN_HEADERS {
+                    let key = intern(py, &environ_key(n.as_bytes()));
+                    if let Some(bucket) = by_len.get_mut(n.len()) {
+                        bucket.push((n.as_bytes(), key));
+                    }
+                }
+                by_len
+            },
             header_keys: Mutex::new(HashMap::new()),
             server_name: settings.server_name.as_deref().map(|s| intern(py, s)),
             local_cache: Mutex::new(Vec::new()),
@@ -259,16 +286,26 @@ impl EnvironBuilder {
     }
 
     fn header_key<'py>(&self, py: Python<'py>, name: &[u8]) -> Option<Bound<'py, PyString>> {
-        if name.contains(&b'_') {
-            // Dropped: `X_Foo` would collide with `X-Foo` in the environ.
+        // Lowercased once (into the stack) for the known names: then a few whole-slice
+        // comparisons among the names of that length, where comparing case-insensitively
+        // against each known name in turn cost a few hundred instructions per header.
+        let mut lower = [0u8; KNOWN_NAME_MAX];
+        if let Some(bucket) = self.known_headers.get(name.len()) {
+            let lower = &mut lower[..name.len()];
+            let mut underscore = false;
+            for (d, &b) in lower.iter_mut().zip(name) {
+                underscore |= b == b'_';
+                *d = b.to_ascii_lowercase();
+            }
+            if underscore {
+                // Dropped: `X_Foo` would collide with `X-Foo` in the environ.
+                return None;
+            }
+            if let Some((_, k)) = bucket.iter().find(|(n, _)| *n == &*lower) {
+                return Some(k.bind(py).clone());
+            }
+        } else if name.contains(&b'_') {
             return None;
-        }
-        if let Some((_, k)) = self
-            .known_headers
-            .iter()
-            .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
-        {
-            return Some(k.bind(py).clone());
         }
         let mut cache = self.header_keys.lock();
         if let Some(k) = cache.get(name) {
@@ -410,27 +447,45 @@ impl EnvironBuilder {
                 continue;
             };
             let value = latin1(py, value)?;
-            match env.get_item(&key)? {
-                Some(prev)
-                    if key
-                        .to_str()
-                        .map(|k| k.starts_with("HTTP_"))
-                        .unwrap_or(false) =>
-                {
-                    let sep = if name.eq_ignore_ascii_case(b"cookie") {
-                        "; "
-                    } else {
-                        ", "
-                    };
-                    let joined = format!("{}{}{}", prev.str()?.to_str()?, sep, value.to_str()?);
-                    env.set_item(key, joined)?;
-                }
-                Some(_) => {} // a repeated, identical Content-Length (the codec checked)
-                None => env.set_item(key, value)?,
+            // One dictionary lookup for the usual case, a header seen once: insert unless
+            // the key is there (a repeated header), then look at what is there.
+            let before = env.len();
+            // SAFETY: `env`, `key` and `value` are live objects and the GIL is held;
+            // PyDict_SetDefault returns a borrowed reference (NULL with an exception set
+            // on failure), which is turned into an owned one at once.
+            let present = unsafe {
+                let p = PyDict_SetDefault(env.as_ptr(), key.as_ptr(), value.as_ptr());
+                Bound::from_borrowed_ptr_or_err(py, p)?
+            };
+            if env.len() > before {
+                continue; // inserted: the first of its name
+            }
+            let is_http = key
+                .to_str()
+                .map(|k| k.starts_with("HTTP_"))
+                .unwrap_or(false);
+            // (Otherwise a repeated, identical Content-Length: the codec checked.)
+            if is_http {
+                let sep = if name.eq_ignore_ascii_case(b"cookie") {
+                    "; "
+                } else {
+                    ", "
+                };
+                let joined = format!("{}{}{}", present.str()?.to_str()?, sep, value.to_str()?);
+                env.set_item(key, joined)?;
             }
         }
         Ok(env)
     }
+}
+
+// Public CPython API (not in the limited API) that pyo3's ffi does not declare.
+extern "C" {
+    fn PyDict_SetDefault(
+        mp: *mut pyo3::ffi::PyObject,
+        key: *mut pyo3::ffi::PyObject,
+        default: *mut pyo3::ffi::PyObject,
+    ) -> *mut pyo3::ffi::PyObject;
 }
 
 /// The client address and scheme a trusted proxy reports: RFC 7239 `Forwarded` if
