@@ -450,14 +450,18 @@ def test_wsgi_input_methods(server, ops, framing):
     assert response.json() == reference(ops, INPUT_BODY)
 
 
-def test_wsgi_input_of_empty_body(server):
-    response, _ = exchange(
-        server,
-        "POST",
-        "/_/input?ops=read,readline,readlines,iter,read:5",
-        [("Content-Length", "0")],
-    )
-    assert response.json() == ["", "", [], [], ""]
+@pytest.mark.parametrize(
+    "method, headers", [("POST", [("Content-Length", "0")]), ("GET", [])], ids=["cl0", "get"]
+)
+def test_wsgi_input_of_empty_body(server, method, headers):
+    # Requests without a body share one exhausted input object: a request with a body in
+    # between, and the same empty-body request again, must each see their own body.
+    ops = "/_/input?ops=read,readline,readlines,iter,read:5"
+    for _ in range(2):
+        response, _ = exchange(server, method, ops, headers)
+        assert response.json() == ["", "", [], [], ""]
+        response, _ = exchange(server, raw=build_request("POST", ops, body=b"a\nbc"))
+        assert response.json() == ["a\nbc", "", [], [], ""]
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

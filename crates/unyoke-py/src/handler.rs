@@ -74,6 +74,8 @@ pub struct WsgiHandler {
     shared: Arc<HandlerShared>,
     error_logger: Py<PyAny>,
     traceback_format: Py<PyAny>,
+    /// `wsgi.input` of every request without a body (see [`Input::empty`]).
+    empty_input: Py<Input>,
 }
 
 type Ex = Arc<Exchange<ReqState>>;
@@ -119,6 +121,7 @@ impl WsgiHandler {
             shared: Arc::new(HandlerShared { settings }),
             error_logger: error_logger.unbind(),
             traceback_format: traceback_format.unbind(),
+            empty_input: Py::new(py, Input::empty())?,
         })
     }
 
@@ -130,9 +133,13 @@ impl WsgiHandler {
             Ok(env) => env,
             Err(e) => return self.fail(py, ex, None, e, "building the environ"),
         };
-        let input = match Py::new(py, Input::new(Arc::clone(ex))) {
-            Ok(i) => i,
-            Err(e) => return self.fail(py, ex, None, e, "building the environ"),
+        let input = if ex.head.body == unyoke_http::BodyKind::Empty {
+            self.empty_input.clone_ref(py)
+        } else {
+            match Py::new(py, Input::new(Arc::clone(ex))) {
+                Ok(i) => i,
+                Err(e) => return self.fail(py, ex, None, e, "building the environ"),
+            }
         };
         if let Err(e) = env.set_item(&self.environ.k_input, input) {
             return self.fail(py, ex, None, e, "building the environ");

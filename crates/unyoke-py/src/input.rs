@@ -25,7 +25,9 @@ const LENT_READ_UP_TO: usize = 1024 * 1024;
 /// first read sends `100 Continue` when the client asked for it.
 #[pyclass(module = "unyoke._unyoke", name = "Input")]
 pub struct Input {
-    ex: Arc<Exchange<ReqState>>,
+    /// None for a request without a body: then one shared, exhausted instance serves
+    /// them all (see [`Input::empty`]), saving an object per request.
+    ex: Option<Arc<Exchange<ReqState>>>,
     /// Bytes fetched but not returned yet (after a `readline`).
     pending: Bytes,
     eof: bool,
@@ -36,37 +38,48 @@ pub struct Input {
 impl Input {
     pub fn new(ex: Arc<Exchange<ReqState>>) -> Self {
         Input {
-            ex,
+            ex: Some(ex),
             pending: Bytes::new(),
             eof: false,
             taken: 0,
         }
     }
 
+    /// The input of a request without a body: at its end from the start. It holds no
+    /// state a read could change, so one instance serves every such request.
+    pub fn empty() -> Self {
+        Input {
+            ex: None,
+            pending: Bytes::new(),
+            eof: true,
+            taken: 0,
+        }
+    }
+
     /// Waits for the body to make progress after a read found nothing (`drove`: the
     /// brief drive of this read was used).
-    fn wait_body(&self, py: Python<'_>, drove: &mut bool) {
-        if self.ex.must_drive() {
+    fn wait_body(ex: &Arc<Exchange<ReqState>>, py: Python<'_>, drove: &mut bool) {
+        if ex.must_drive() {
             // No thread could take over the engine: drive it from here.
-            self.ex.drive_until_body();
-        } else if !*drove && self.ex.may_drive() {
+            ex.drive_until_body();
+        } else if !*drove && ex.may_drive() {
             // The rest of a body being uploaded is usually microseconds away: read it
             // from here for a moment rather than hand the engine to another thread and
             // back (measured: 10 context switches per 1 MiB upload read in 64 KiB
             // pieces). A slow client still gets the hand-off after BRIEF_DRIVE.
             *drove = true;
-            self.ex.drive_for_body(Some(BRIEF_DRIVE));
+            ex.drive_for_body(Some(BRIEF_DRIVE));
         } else {
-            let ex = Arc::clone(&self.ex);
-            py.allow_threads(move || ex.wait_body());
-            self.ex.gate_taken();
+            let waiter = Arc::clone(ex);
+            py.allow_threads(move || waiter.wait_body());
+            ex.gate_taken();
         }
     }
 
     /// How many bytes `read(limit)` returns if the body is not cut short, when that is
     /// known (a Content-Length body).
     fn known_read_len(&self, limit: usize) -> Option<usize> {
-        let BodyKind::Length(len) = self.ex.head.body else {
+        let BodyKind::Length(len) = self.ex.as_ref()?.head.body else {
             return None;
         };
         let left = usize::try_from(len.saturating_sub(self.taken)).ok()?;
@@ -76,6 +89,9 @@ impl Input {
     /// `read` of exactly `want` bytes (fewer only at an early end) into one new bytes
     /// object, which the connection may read the body straight into.
     fn read_lent<'py>(&mut self, py: Python<'py>, want: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let Some(ex) = self.ex.clone() else {
+            return Ok(PyBytes::new(py, b""));
+        };
         let (obj, dst) = uninit_bytes(py, want)?;
         let mut filled = self.pending.len().min(want);
         // SAFETY: filled <= want bytes into our buffer, from our own `pending`.
@@ -83,12 +99,12 @@ impl Input {
         bytes::Buf::advance(&mut self.pending, filled);
         // The loan to the connection ends before the object can reach Python code, on
         // every way out (an error or a panic included).
-        let lent = Lent(&self.ex);
+        let lent = Lent(&ex);
         let mut drove = false;
         while filled < want && !self.eof {
             // SAFETY: dst + filled is writable for want - filled bytes, and nothing else
             // touches the buffer until `lent` is dropped.
-            match unsafe { self.ex.try_read_body_into(dst.add(filled), want - filled) } {
+            match unsafe { ex.try_read_body_into(dst.add(filled), want - filled) } {
                 BodyFill::Filled(n) => {
                     filled += n;
                     self.taken += n as u64;
@@ -96,7 +112,7 @@ impl Input {
                     drove = false;
                 }
                 BodyFill::Eof => self.eof = true,
-                BodyFill::Pending => self.wait_body(py, &mut drove),
+                BodyFill::Pending => Self::wait_body(&ex, py, &mut drove),
                 BodyFill::Error(e) => return Err(body_error(e)),
             }
         }
@@ -120,9 +136,12 @@ impl Input {
         if self.eof || max == 0 {
             return Ok(None);
         }
+        let Some(ex) = self.ex.clone() else {
+            return Ok(None);
+        };
         let mut drove = false;
         loop {
-            match self.ex.try_read_body(max) {
+            match ex.try_read_body(max) {
                 BodyRead::Data(b) => {
                     self.taken += b.len() as u64;
                     return Ok(Some(b));
@@ -131,7 +150,7 @@ impl Input {
                     self.eof = true;
                     return Ok(None);
                 }
-                BodyRead::Pending => self.wait_body(py, &mut drove),
+                BodyRead::Pending => Self::wait_body(&ex, py, &mut drove),
                 BodyRead::Error(e) => return Err(body_error(e)),
             }
         }
@@ -337,7 +356,9 @@ impl Input {
             }
             unyoke_http::write_header(&mut lines, name, value);
         }
-        self.ex.set_continue_headers(lines);
+        if let Some(ex) = &self.ex {
+            ex.set_continue_headers(lines);
+        }
         Ok(())
     }
 }
