@@ -8,6 +8,8 @@ use unyoke_server::{
     ConnInfo, Exchange, Handler, OutChunk, ParkOutcome, PeerAddr, ResponseStart, OUTPUT_HIGH_WATER,
 };
 
+use unyoke_http::BodyFraming;
+
 use crate::environ::EnvironBuilder;
 use crate::extensions::{self, Pending, Responder};
 use crate::file_wrapper::FileWrapper;
@@ -79,6 +81,11 @@ pub struct WsgiHandler {
 }
 
 type Ex = Arc<Exchange<ReqState>>;
+
+/// A one-piece body up to this size, sent under a Content-Length, is carried in the
+/// head's buffer (see `ResponseStart::inline_body`) rather than in its own allocation:
+/// the connection copies pieces this small after the head anyway.
+const INLINE_BODY_UP_TO: usize = 1024;
 
 /// Optional parts of a handler: mounted applications and channel events.
 #[derive(Default)]
@@ -307,29 +314,28 @@ impl WsgiHandler {
         items: impl Iterator<Item = Bound<'py, PyAny>>,
     ) -> PyResult<()> {
         let mut sr = sr.borrow_mut();
-        // The first chunk apart: a one-item body (the usual) then needs no vector.
-        let mut first = None;
+        // The first chunk apart: a one-item body (the usual) then needs no vector, and a
+        // small one travels inside the head's buffer.
+        let mut first: Option<Bound<'py, PyBytes>> = None;
         let mut chunks = Vec::new();
         let mut total = 0u64;
         for item in items {
-            let b = item.downcast::<PyBytes>().map_err(|_| {
+            let b = item.downcast_into::<PyBytes>().map_err(|e| {
                 pyo3::exceptions::PyTypeError::new_err(format!(
                     "the response iterable yielded {}, not bytes",
-                    type_name(&item)
+                    type_name(e.into_inner().as_any())
                 ))
             })?;
-            let data = b.as_bytes();
-            if !data.is_empty() {
-                total += data.len() as u64;
-                let bytes = crate::start_response::to_bytes(b);
+            let len = b.as_bytes().len();
+            if len > 0 {
+                total += len as u64;
                 if first.is_none() {
-                    first = Some(bytes);
+                    first = Some(b);
                 } else {
-                    chunks.push(bytes);
+                    chunks.push(crate::start_response::to_bytes(&b));
                 }
             }
         }
-        let chunks = first.into_iter().chain(chunks);
         sr.sent += total;
         if let Some(mistake) = sr.length_mistake() {
             self.warn_app(ex, &mistake);
@@ -341,10 +347,22 @@ impl WsgiHandler {
                 ));
             }
             // Everything is here: one step, head and body.
-            let start = sr.prepare_head(Some(total))?;
-            ex.respond(start, chunks.into_iter().map(OutChunk::Data));
+            let mut start = sr.prepare_head(Some(total))?;
+            let small = first
+                .as_ref()
+                .map(|b| b.as_bytes())
+                .filter(|d| chunks.is_empty() && d.len() <= INLINE_BODY_UP_TO);
+            if let (Some(data), BodyFraming::Length(_)) = (small, start.framing) {
+                start.head.extend_from_slice(data);
+                start.inline_body = data.len();
+                ex.respond(start, std::iter::empty());
+            } else {
+                let first = first.map(|b| crate::start_response::to_bytes(&b));
+                ex.respond(start, first.into_iter().chain(chunks).map(OutChunk::Data));
+            }
         } else {
-            for c in chunks {
+            let first = first.map(|b| crate::start_response::to_bytes(&b));
+            for c in first.into_iter().chain(chunks) {
                 ex.send(OutChunk::Data(c));
             }
             ex.finish();
@@ -625,6 +643,7 @@ fn respond_plain(
             status,
             framing,
             keep_alive,
+            inline_body: 0,
         },
         std::iter::once(OutChunk::Data(body.into())),
     );

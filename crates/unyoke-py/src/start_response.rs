@@ -163,6 +163,7 @@ impl StartResponse {
             status: code,
             framing: plan.body,
             keep_alive: plan.keep_alive,
+            inline_body: 0,
         })
     }
 

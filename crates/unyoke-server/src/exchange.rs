@@ -124,6 +124,10 @@ pub struct ResponseStart {
     pub framing: BodyFraming,
     /// Whether the connection may persist after this response.
     pub keep_alive: bool,
+    /// The last `inline_body` bytes of `head` are not head but the start of the body:
+    /// a small whole body travels with the head (one allocation less per response). The
+    /// connection writes them after the head, under the framing, before any chunk.
+    pub inline_body: usize,
 }
 
 #[derive(Default)]

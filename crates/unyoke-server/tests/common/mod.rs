@@ -233,6 +233,7 @@ fn response_start(ex: &Exchange<u32>, status: u16, content_length: Option<u64>) 
         status,
         framing: plan.body,
         keep_alive: plan.keep_alive,
+        inline_body: 0,
     }
 }
 
