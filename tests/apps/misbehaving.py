@@ -17,6 +17,7 @@ Routes (PATH_INFO):
   /none                  returns None
   /yield_after_close     an iterable that yields again after close()
   /cl_more               Content-Length 5, sends 10 bytes
+  /cl_more_one           the same in one piece
   /cl_fewer              Content-Length 10, sends 5 bytes
   /hop_by_hop?name=X     sets hop-by-hop header X (Connection, Keep-Alive, ...)
   /invalid_header        a header value with CRLF
@@ -167,6 +168,11 @@ def _cl_more(environ: Environ, start_response: StartResponse) -> Any:
     return [b"12345", b"EXTRA"]
 
 
+def _cl_more_one(environ: Environ, start_response: StartResponse) -> Any:
+    start_response("200 OK", [*TEXT, ("Content-Length", "5")])
+    return [b"12345EXTRA"]
+
+
 def _cl_fewer(environ: Environ, start_response: StartResponse) -> Any:
     start_response("200 OK", [*TEXT, ("Content-Length", "10")])
     return [b"12345"]
@@ -208,6 +214,7 @@ ROUTES: Dict[str, Callable[[Environ, StartResponse], Any]] = {
     "/none": _none,
     "/yield_after_close": _yield_after_close,
     "/cl_more": _cl_more,
+    "/cl_more_one": _cl_more_one,
     "/cl_fewer": _cl_fewer,
     "/hop_by_hop": _hop_by_hop,
     "/invalid_header": _invalid_header,

@@ -624,6 +624,22 @@ def test_head_keeps_content_length_and_sends_no_body(server):
     assert response.header("Content-Length") == "4321"
 
 
+@pytest.mark.parametrize("n", [13, 1024, 1025])
+def test_small_list_bodies_around_the_inline_limit(server, n):
+    # Bodies up to 1 KiB travel in the head's buffer: exact bytes for GET, none for HEAD,
+    # and the next request on the connection parses either way.
+    with server.connect() as conn:
+        conn.send(build_request("GET", f"/_/cl?n={n}") + build_request("GET", "/next"))
+        _, response = conn.read_final_response()
+        assert response.status == 200
+        assert response.header("Content-Length") == str(n)
+        assert response.body == b"x" * n
+        _, nxt = conn.read_final_response()
+        assert echo_of(nxt)["environ"]["PATH_INFO"] == "/next", nxt
+    response = assert_no_body_then_next_request_parses(server, "HEAD", f"/_/cl?n={n}", 200)
+    assert response.header("Content-Length") == str(n)
+
+
 def test_head_of_streamed_response_sends_no_body(server):
     assert_no_body_then_next_request_parses(server, "HEAD", "/_/nolength?parts=3", 200)
 

@@ -145,10 +145,11 @@ def test_content_length_fewer_bytes_closes_the_connection(server):
     assert_serves_again(server)
 
 
-def test_content_length_more_bytes_is_cut_at_the_length(server):
+@pytest.mark.parametrize("target", ["/cl_more", "/cl_more_one"])
+def test_content_length_more_bytes_is_cut_at_the_length(server, target):
     """The extra bytes never reach the wire (they would be read as the next response)."""
     with server.connect() as conn:
-        conn.send(build_request("GET", "/cl_more"))
+        conn.send(build_request("GET", target))
         _, response = conn.read_final_response()
         assert response.body == b"12345"
         assert conn.nothing_arrives(0.5) or conn.wait_closed(0.1)
