@@ -16,11 +16,12 @@ use crate::settings::WsgiSettings;
 /// arbitrary names; beyond this, keys are built per request).
 const HEADER_KEY_CACHE: usize = 512;
 
-/// Header names whose environ keys are kept ready (most frequent first): looking one up
-/// costs a few length comparisons, where the general cache costs a lock and a SipHash.
 /// The longest name in [`KNOWN_HEADERS`] (`upgrade-insecure-requests`).
 const KNOWN_NAME_MAX: usize = 25;
 
+/// Header names whose environ keys are kept ready, in lowercase: looking one up costs a
+/// few comparisons among the names of its length, where the general cache costs a lock
+/// and a SipHash.
 const KNOWN_HEADERS: &[&str] = &[
     "host",
     "user-agent",
