@@ -918,9 +918,8 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
                 writer.begin(&start, ex.head.is_head());
                 self.wbuf.clear();
                 self.encode_head(&start, ex.head.version == unyoke_http::Version::Http10);
-                let inline = start.inline_body.min(start.head.len());
-                if inline > 0 {
-                    let body = &start.head[start.head.len() - inline..];
+                let (_, body) = start.head_and_inline_body();
+                if !body.is_empty() {
                     // (Under the framing: nothing for a HEAD request, cut at the length.)
                     let n = writer.admit_len(body.len() as u64) as usize;
                     self.wbuf.extend_from_slice(&body[..n]);
@@ -1035,8 +1034,7 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
     fn encode_head(&mut self, start: &ResponseStart, http10: bool) {
         let cfg = &self.shared.config;
         let w = &mut self.wbuf;
-        let head_len = start.head.len() - start.inline_body.min(start.head.len());
-        w.extend_from_slice(&start.head[..head_len]);
+        w.extend_from_slice(start.head_and_inline_body().0);
         w.extend_from_slice(b"Date: ");
         w.extend_from_slice(&self.shared.date.get());
         w.extend_from_slice(b"\r\n");

@@ -130,6 +130,14 @@ pub struct ResponseStart {
     pub inline_body: usize,
 }
 
+impl ResponseStart {
+    /// The head proper and the body bytes carried after it (see `inline_body`).
+    pub(crate) fn head_and_inline_body(&self) -> (&[u8], &[u8]) {
+        let at = self.head.len() - self.inline_body.min(self.head.len());
+        self.head.split_at(at)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Inner {
     // Request body, filled by the connection task.
