@@ -89,7 +89,8 @@ impl Input {
     /// `read` of exactly `want` bytes (fewer only at an early end) into one new bytes
     /// object, which the connection may read the body straight into.
     fn read_lent<'py>(&mut self, py: Python<'py>, want: usize) -> PyResult<Bound<'py, PyBytes>> {
-        let Some(ex) = self.ex.clone() else {
+        // (Borrowed, not cloned: the reads below change only the other fields.)
+        let Some(ex) = &self.ex else {
             return Ok(PyBytes::new(py, b""));
         };
         let (obj, dst) = uninit_bytes(py, want)?;
@@ -99,7 +100,7 @@ impl Input {
         bytes::Buf::advance(&mut self.pending, filled);
         // The loan to the connection ends before the object can reach Python code, on
         // every way out (an error or a panic included).
-        let lent = Lent(&ex);
+        let lent = Lent(ex);
         let mut drove = false;
         while filled < want && !self.eof {
             // SAFETY: dst + filled is writable for want - filled bytes, and nothing else
@@ -112,7 +113,7 @@ impl Input {
                     drove = false;
                 }
                 BodyFill::Eof => self.eof = true,
-                BodyFill::Pending => Self::wait_body(&ex, py, &mut drove),
+                BodyFill::Pending => Self::wait_body(ex, py, &mut drove),
                 BodyFill::Error(e) => return Err(body_error(e)),
             }
         }
@@ -136,7 +137,7 @@ impl Input {
         if self.eof || max == 0 {
             return Ok(None);
         }
-        let Some(ex) = self.ex.clone() else {
+        let Some(ex) = &self.ex else {
             return Ok(None);
         };
         let mut drove = false;
@@ -150,7 +151,7 @@ impl Input {
                     self.eof = true;
                     return Ok(None);
                 }
-                BodyRead::Pending => Self::wait_body(&ex, py, &mut drove),
+                BodyRead::Pending => Self::wait_body(ex, py, &mut drove),
                 BodyRead::Error(e) => return Err(body_error(e)),
             }
         }
