@@ -399,9 +399,10 @@ pub(crate) async fn serve<H: Handler, T: Transport>(
             }
         };
         first = false;
-        // Boxed: an idle connection's task then carries only the small head-reading
-        // state, not the larger state of a request in progress.
-        match Box::pin(conn.exchange(head)).await {
+        // Not boxed: the box cost an allocation, a 960-byte copy and a free per request
+        // (~265 instructions of ~16,960), while the memory it spared belonged to
+        // connections idle for under `SHELVE_AFTER` only (a shelved one has no task).
+        match conn.exchange(head).await {
             Ok(true) => continue,
             Ok(false) | Err(_) => break,
         }
