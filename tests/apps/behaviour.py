@@ -271,6 +271,7 @@ BAD_STATUS = {
     "bytes": b"200 OK",
     "int": 200,
     "leading_space": " 200 OK",
+    "non_ascii_reason": "200 \xd6K",
 }
 
 BAD_HEADERS = {
@@ -286,9 +287,38 @@ BAD_HEADERS = {
     "value_bytes": [("X-Bad", b"a")],
     "value_int": [("X-Bad", 1)],
     "value_not_latin1": [("X-Bad", "\u20ac")],
+    "value_surrogate": [("X-Bad", "a\ud800")],
+    "name_non_ascii": [("X-B\xe4d", "a")],
+    "name_long_with_space": [("X-A-Header-Name-Longer-Than-Twenty Bytes", "a")],
+    "name_te": [("te", "trailers")],
+    "content_length_signed": [("Content-Length", "+5")],
+    "content_length_two": [("Content-Length", "5"), ("content-length", "6")],
     "triple": [("X-Bad", "a", "b")],
     "not_a_list": "X-Bad: a",
 }
+
+
+class _Text(str):
+    """A str subclass, as some frameworks pass for header names and values."""
+
+
+@route("good_headers")
+def good_headers(environ: Environ, start_response: StartResponse) -> List[bytes]:
+    """Valid headers the fast path of start_response does not read in place: a latin-1
+    value, str subclasses, a repeated Content-Length in another case, a long name, and
+    `Connection: Keep-Alive, Close` (dropped, but the connection closes)."""
+    start_response(
+        _Text("200 Fine"),
+        [
+            ("X-Latin", "caf\xe9"),
+            (_Text("X-Subclass"), _Text("sub")),
+            ("Content-Length", "5"),
+            ("CONTENT-LENGTH", "5"),
+            ("X-A-Header-Name-Longer-Than-Twenty-Bytes", "long"),
+            ("Connection", "Keep-Alive, Close"),
+        ],
+    )
+    return [b"hello"]
 
 
 @route("bad_status")

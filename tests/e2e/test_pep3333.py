@@ -332,6 +332,21 @@ def test_bad_header_from_app_is_500(server, kind):
     assert_500_then_connection_still_serves(server, f"/_/bad_header?kind={kind}")
 
 
+def test_valid_headers_off_the_fast_path(server):
+    with server.connect() as conn:
+        conn.send(build_request("GET", "/_/good_headers"))
+        _, response = conn.read_final_response()
+        assert (response.status, response.reason) == (200, "Fine")
+        assert b"\r\nX-Latin: caf\xe9\r\n" in response.raw_head
+        assert response.header("X-Subclass") == "sub"
+        assert response.header("X-A-Header-Name-Longer-Than-Twenty-Bytes") == "long"
+        assert [v for k, v in response.headers if k.lower() == "content-length"] == ["5"]
+        assert response.body == b"hello"
+        # The application's Connection header is not passed on; its close is honoured.
+        assert response.header("Connection") == "close"
+        assert conn.wait_closed(5.0)
+
+
 def test_start_response_twice_without_exc_info_is_an_error(server):
     assert_500_then_connection_still_serves(server, "/_/start_twice")
     lines = server.state_lines("start_twice")

@@ -517,7 +517,7 @@ impl FramingRules {
 }
 
 /// `1*DIGIT` as a u64; no sign, no spaces inside, no lists, no overflow.
-fn parse_content_length(value: &[u8]) -> Option<u64> {
+pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }

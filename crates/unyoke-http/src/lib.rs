@@ -32,6 +32,7 @@ pub use request::{
     BodyKind, Event, Limits, RequestDecoder, RequestHead, Version, MAX_EMPTY_LINES_BEFORE_REQUEST,
 };
 pub use response::{
-    decimal, is_hop_by_hop, is_valid_header_name, is_valid_header_value, parse_status,
-    plan_response, write_header, BodyFraming, ResponseFraming,
+    classify_response_field, decimal, is_hop_by_hop, is_valid_header_name, is_valid_header_value,
+    parse_response_content_length, parse_status, plan_response, write_header, BodyFraming,
+    ResponseField, ResponseFraming,
 };

@@ -1,7 +1,7 @@
 //! Response framing decisions and header encoding (RFC 9112 §6, RFC 9110 §6.4.1).
 
 use crate::request::Version;
-use crate::syntax::{is_field_value_char, is_tchar};
+use crate::syntax::{is_field_value_char, is_tchar, lower_tchar};
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,19 +85,67 @@ pub fn is_valid_header_value(value: &[u8]) -> bool {
 /// Proxy-Authenticate, Proxy-Authorization, TE, Trailer(s), Transfer-Encoding, Upgrade,
 /// and the non-standard Proxy-Connection. ASCII case-insensitive.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP_BY_HOP: [&[u8]; 10] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    matches!(
+        classify_response_field(name),
+        Some(ResponseField::Connection | ResponseField::HopByHop)
+    )
+}
+
+/// What the response encoder must know about a field name an application gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseField {
+    /// Any other valid name: written as given.
+    Other,
+    /// `Content-Length`: it frames the body.
+    ContentLength,
+    /// `Connection`: hop-by-hop, but its `close` token is honoured.
+    Connection,
+    /// Another hop-by-hop field (see [`is_hop_by_hop`]).
+    HopByHop,
+}
+
+/// Classifies a response field name: `None` unless it is one or more `tchar`s, else
+/// which of the names the encoder treats specially it is (ASCII case-insensitive). One
+/// table lookup per byte, the name lowercased on the stack at the same time: this runs
+/// for every header of every response.
+pub fn classify_response_field(name: &[u8]) -> Option<ResponseField> {
+    /// The longest special name, `proxy-authorization`.
+    const LONGEST: usize = 19;
+    if name.is_empty() {
+        return None;
+    }
+    if name.len() > LONGEST {
+        return name
+            .iter()
+            .all(|&b| is_tchar(b))
+            .then_some(ResponseField::Other);
+    }
+    let mut lower = [0u8; LONGEST];
+    for (l, &b) in lower.iter_mut().zip(name) {
+        *l = lower_tchar(b);
+        if *l == 0 {
+            return None;
+        }
+    }
+    Some(match &lower[..name.len()] {
+        b"content-length" => ResponseField::ContentLength,
+        b"connection" => ResponseField::Connection,
+        b"keep-alive"
+        | b"proxy-authenticate"
+        | b"proxy-authorization"
+        | b"proxy-connection"
+        | b"te"
+        | b"trailer"
+        | b"trailers"
+        | b"transfer-encoding"
+        | b"upgrade" => ResponseField::HopByHop,
+        _ => ResponseField::Other,
+    })
+}
+
+/// A response Content-Length value: `1*DIGIT`, no sign, no spaces, no list, no overflow.
+pub fn parse_response_content_length(value: &[u8]) -> Option<u64> {
+    crate::head::parse_content_length(value)
 }
 
 /// `n` in decimal, written into `buf` without allocating; returns the digits.

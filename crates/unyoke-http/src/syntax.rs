@@ -41,6 +41,20 @@ const fn host_char(b: u8) -> bool {
 }
 
 static TCHAR: [bool; 256] = table!(tchar);
+
+/// Each `tchar` lowercased, 0 for every other byte: a field name is checked and
+/// lowercased in one lookup per byte.
+static LOWER_TCHAR: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        if tchar(i as u8) {
+            t[i] = (i as u8).to_ascii_lowercase();
+        }
+        i += 1;
+    }
+    t
+};
 static TARGET: [bool; 256] = table!(target_char);
 static FIELD_VALUE: [bool; 256] = table!(field_value_char);
 static HOST: [bool; 256] = table!(host_char);
@@ -49,6 +63,12 @@ static HOST: [bool; 256] = table!(host_char);
 #[inline]
 pub(crate) fn is_tchar(b: u8) -> bool {
     TCHAR[b as usize]
+}
+
+/// `b` lowercased if it is a `tchar`, else 0 (which no `tchar` is).
+#[inline]
+pub(crate) fn lower_tchar(b: u8) -> u8 {
+    LOWER_TCHAR[b as usize]
 }
 
 /// A byte httparse allows in a request target.

@@ -1,8 +1,9 @@
 //! Response-side helpers: framing plan, status line, field validity, chunk sizes, dates.
 
 use unyoke_http::{
-    chunk_header, http_date, is_hop_by_hop, is_valid_header_name, is_valid_header_value,
-    parse_status, plan_response, write_header, BodyFraming, ResponseFraming, Version, LAST_CHUNK,
+    chunk_header, classify_response_field, http_date, is_hop_by_hop, is_valid_header_name,
+    is_valid_header_value, parse_response_content_length, parse_status, plan_response,
+    write_header, BodyFraming, ResponseField, ResponseFraming, Version, LAST_CHUNK,
 };
 
 #[test]
@@ -206,6 +207,67 @@ fn hop_by_hop() {
         b"",
     ] {
         assert!(!is_hop_by_hop(name), "{name:?}");
+    }
+}
+
+#[test]
+fn response_field_classes() {
+    use ResponseField::*;
+    for (name, class) in [
+        (&b"Content-Length"[..], ContentLength),
+        (b"CONTENT-LENGTH", ContentLength),
+        (b"content-length", ContentLength),
+        (b"Connection", Connection),
+        (b"cOnNeCtIoN", Connection),
+        (b"Keep-Alive", HopByHop),
+        (b"proxy-authorization", HopByHop),
+        (b"Proxy-Authenticate", HopByHop),
+        (b"te", HopByHop),
+        (b"Trailers", HopByHop),
+        (b"Transfer-Encoding", HopByHop),
+        (b"Content-Type", Other),
+        (b"Content-Length2", Other),
+        (b"Content_Length", Other),
+        (b"X", Other),
+        (b"Proxy-Authorization-X", Other),
+        (b"A-Much-Longer-Name-Than-Any-Special-One", Other),
+        (b"!#$%&'*+-.^_`|~09az", Other),
+    ] {
+        assert_eq!(classify_response_field(name), Some(class), "{name:?}");
+        assert!(is_valid_header_name(name), "{name:?}");
+    }
+    for name in [
+        &b""[..],
+        b"Content Length",
+        b"Content-Length:",
+        b"Conne\xc3\xa7tion",
+        b"A-Much-Longer-Name-Than-Any-Special-One\x00",
+        b"X\r\nInjected",
+        b"(comment)",
+    ] {
+        assert_eq!(classify_response_field(name), None, "{name:?}");
+        assert!(!is_valid_header_name(name), "{name:?}");
+    }
+}
+
+#[test]
+fn response_content_length_values() {
+    assert_eq!(parse_response_content_length(b"13"), Some(13));
+    assert_eq!(parse_response_content_length(b"0"), Some(0));
+    assert_eq!(
+        parse_response_content_length(b"18446744073709551615"),
+        Some(u64::MAX)
+    );
+    for bad in [
+        &b""[..],
+        b"18446744073709551616",
+        b"+1",
+        b" 1",
+        b"1 ",
+        b"1,1",
+        b"0x1",
+    ] {
+        assert_eq!(parse_response_content_length(bad), None, "{bad:?}");
     }
 }
 

@@ -8,7 +8,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBytes, PyString, PyTuple};
-use unyoke_http::{plan_response, BodyFraming, Version};
+use unyoke_http::{plan_response, BodyFraming, ResponseField, Version};
 use unyoke_server::{Exchange, OutChunk, ResponseStart};
 
 use crate::handler::{HandlerShared, ReqState};
@@ -186,14 +186,15 @@ impl StartResponse {
         status: &Bound<'_, PyAny>,
         headers: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let s = status
-            .downcast::<PyString>()
-            .map_err(|_| PyTypeError::new_err("status must be a str, e.g. '200 OK'"))?
-            .to_str()?;
-        let code = unyoke_http::parse_status(s.as_bytes())
+        let s = str_bytes(status)
+            .ok_or_else(|| PyTypeError::new_err("status must be a str, e.g. '200 OK'"))??;
+        let code = unyoke_http::parse_status(s)
             .filter(|_| s.is_ascii())
             .ok_or_else(|| {
-                PyValueError::new_err(format!("invalid status line {s:?}: expected e.g. '200 OK'"))
+                PyValueError::new_err(format!(
+                    "invalid status line {:?}: expected e.g. '200 OK'",
+                    String::from_utf8_lossy(s)
+                ))
             })?;
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(if self.shared.settings.pretend_http10 {
@@ -201,7 +202,7 @@ impl StartResponse {
         } else {
             b"HTTP/1.1 "
         });
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
         out.extend_from_slice(b"\r\n");
         let mut content_length = None;
         let mut close = false;
@@ -218,30 +219,35 @@ impl StartResponse {
                     "each response header must be a (name, value) tuple",
                 ));
             }
-            let name = pair.get_item(0)?;
-            let value = pair.get_item(1)?;
-            let name = name
-                .downcast::<PyString>()
-                .map_err(|_| PyTypeError::new_err(format!("header name {name:?} is not a str")))?
-                .to_str()?;
-            let value = value.downcast::<PyString>().map_err(|_| {
-                PyTypeError::new_err(format!("value of header {name:?} is not a str"))
-            })?;
-            let value = latin1_bytes(value).ok_or_else(|| {
-                PyValueError::new_err(format!("value of header {name:?} is not latin-1"))
-            })?;
-            if !unyoke_http::is_valid_header_name(name.as_bytes()) {
+            // Borrowed: the tuple holds both while they are read.
+            let name_obj = pair.get_borrowed_item(0)?;
+            let value_obj = pair.get_borrowed_item(1)?;
+            let name = str_bytes(&name_obj).ok_or_else(|| {
+                PyTypeError::new_err(format!("header name {name_obj:?} is not a str"))
+            })??;
+            let shown = || String::from_utf8_lossy(name);
+            let value = latin1_bytes(&value_obj)
+                .ok_or_else(|| {
+                    PyTypeError::new_err(format!("value of header {:?} is not a str", shown()))
+                })?
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!("value of header {:?} is not latin-1", shown()))
+                })?;
+            let Some(class) = unyoke_http::classify_response_field(name) else {
                 return Err(PyValueError::new_err(format!(
-                    "invalid header name {name:?}"
+                    "invalid header name {:?}",
+                    shown()
                 )));
-            }
+            };
             if !unyoke_http::is_valid_header_value(&value) {
                 return Err(PyValueError::new_err(format!(
-                    "invalid value for header {name:?}: control characters are not allowed"
+                    "invalid value for header {:?}: control characters are not allowed",
+                    shown()
                 )));
             }
-            if unyoke_http::is_hop_by_hop(name.as_bytes()) {
-                if name.eq_ignore_ascii_case("connection") {
+            match class {
+                ResponseField::Other => {}
+                ResponseField::Connection => {
                     if value
                         .split(|&b| b == b',')
                         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
@@ -250,35 +256,35 @@ impl StartResponse {
                     }
                     continue;
                 }
-                return Err(PyValueError::new_err(format!(
-                    "hop-by-hop header {name:?} is not allowed from a WSGI application (PEP 3333)"
-                )));
-            }
-            if name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(&value)
-                    .ok()
-                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        PyValueError::new_err(format!(
-                            "invalid Content-Length {:?}",
-                            String::from_utf8_lossy(&value)
-                        ))
-                    })?;
-                if content_length.is_some_and(|c| c != n) {
-                    return Err(PyValueError::new_err(
-                        "several different Content-Length headers",
-                    ));
+                ResponseField::HopByHop => {
+                    return Err(PyValueError::new_err(format!(
+                        "hop-by-hop header {:?} is not allowed from a WSGI application (PEP 3333)",
+                        shown()
+                    )));
                 }
-                if content_length.is_some() {
-                    continue;
+                ResponseField::ContentLength => {
+                    let n =
+                        unyoke_http::parse_response_content_length(&value).ok_or_else(|| {
+                            PyValueError::new_err(format!(
+                                "invalid Content-Length {:?}",
+                                String::from_utf8_lossy(&value)
+                            ))
+                        })?;
+                    if content_length.is_some_and(|c| c != n) {
+                        return Err(PyValueError::new_err(
+                            "several different Content-Length headers",
+                        ));
+                    }
+                    if content_length.is_some() {
+                        continue;
+                    }
+                    content_length = Some(n);
                 }
-                content_length = Some(n);
             }
             if capitalize {
                 let cap: Vec<u8> = name
-                    .bytes()
-                    .scan(true, |up, b| {
+                    .iter()
+                    .scan(true, |up, &b| {
                         let c = if *up {
                             b.to_ascii_uppercase()
                         } else {
@@ -290,7 +296,7 @@ impl StartResponse {
                     .collect();
                 unyoke_http::write_header(&mut out, &cap, &value);
             } else {
-                unyoke_http::write_header(&mut out, name.as_bytes(), &value);
+                unyoke_http::write_header(&mut out, name, &value);
             }
         }
         self.status = Some(code);
@@ -301,16 +307,54 @@ impl StartResponse {
     }
 }
 
-/// The string's latin-1 bytes: borrowed when it is ASCII (nearly always), else encoded.
-fn latin1_bytes<'a>(s: &'a Bound<'_, PyString>) -> Option<std::borrow::Cow<'a, [u8]>> {
-    let s = s.to_str().ok()?;
-    if s.is_ascii() {
-        return Some(std::borrow::Cow::Borrowed(s.as_bytes()));
+/// The text of `obj` when it is an exact `str` of ASCII characters (nearly every status
+/// and header), read in place: no call into the interpreter, no scan for non-ASCII.
+fn ascii_str<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a [u8]> {
+    let p = obj.as_ptr();
+    // SAFETY: `p` is a live object (held by `obj` for 'a). PyUnicode_IS_ASCII and the data
+    // macros are only used once the exact type is known to be str; an ASCII string's
+    // data is its length in bytes, immutable while the object lives.
+    unsafe {
+        if ffi::PyUnicode_CheckExact(p) == 0 || ffi::PyUnicode_IS_ASCII(p) == 0 {
+            return None;
+        }
+        let len = usize::try_from(ffi::PyUnicode_GET_LENGTH(p)).ok()?;
+        Some(std::slice::from_raw_parts(
+            ffi::PyUnicode_DATA(p).cast::<u8>(),
+            len,
+        ))
     }
-    s.chars()
-        .map(|c| u8::try_from(c as u32).ok())
-        .collect::<Option<Vec<u8>>>()
-        .map(std::borrow::Cow::Owned)
+}
+
+/// The UTF-8 bytes of a str (a subclass too); `None` if `obj` is not a str.
+fn str_bytes<'a>(obj: &'a Bound<'_, PyAny>) -> Option<PyResult<&'a [u8]>> {
+    if let Some(b) = ascii_str(obj) {
+        return Some(Ok(b));
+    }
+    let s = obj.downcast::<PyString>().ok()?;
+    Some(s.to_str().map(str::as_bytes))
+}
+
+/// A str's latin-1 bytes (PEP 3333's "native strings"): borrowed when ASCII. `None` if
+/// `obj` is not a str, `Some(None)` if it has a character above U+00FF.
+fn latin1_bytes<'a>(obj: &'a Bound<'_, PyAny>) -> Option<Option<std::borrow::Cow<'a, [u8]>>> {
+    if let Some(b) = ascii_str(obj) {
+        return Some(Some(std::borrow::Cow::Borrowed(b)));
+    }
+    let s = obj.downcast::<PyString>().ok()?;
+    let Ok(s) = s.to_str() else {
+        // Lone surrogates: not latin-1 either.
+        return Some(None);
+    };
+    if s.is_ascii() {
+        return Some(Some(std::borrow::Cow::Borrowed(s.as_bytes())));
+    }
+    Some(
+        s.chars()
+            .map(|c| u8::try_from(c as u32).ok())
+            .collect::<Option<Vec<u8>>>()
+            .map(std::borrow::Cow::Owned),
+    )
 }
 
 #[pymethods]
