@@ -251,6 +251,44 @@ fn response_field_classes() {
 }
 
 #[test]
+fn response_field_classes_agree_with_the_validator_for_every_short_name() {
+    // Every name of one and two bytes, and each special name with one byte changed.
+    let mut names: Vec<Vec<u8>> = (0..=255u8).map(|a| vec![a]).collect();
+    for a in 0..=255u8 {
+        for b in 0..=255u8 {
+            names.push(vec![a, b]);
+        }
+    }
+    for special in [
+        &b"Content-Length"[..],
+        b"Connection",
+        b"Proxy-Authorization",
+    ] {
+        for i in 0..special.len() {
+            for b in 0..=255u8 {
+                let mut n = special.to_vec();
+                n[i] = b;
+                names.push(n);
+            }
+        }
+    }
+    for name in &names {
+        let class = classify_response_field(name);
+        assert_eq!(class.is_some(), is_valid_header_name(name), "{name:?}");
+        let lower = name.to_ascii_lowercase();
+        let expected = match &lower[..] {
+            b"content-length" => ResponseField::ContentLength,
+            b"connection" => ResponseField::Connection,
+            b"te" | b"proxy-authorization" => ResponseField::HopByHop,
+            _ => ResponseField::Other,
+        };
+        if class.is_some() {
+            assert_eq!(class, Some(expected), "{name:?}");
+        }
+    }
+}
+
+#[test]
 fn response_content_length_values() {
     assert_eq!(parse_response_content_length(b"13"), Some(13));
     assert_eq!(parse_response_content_length(b"0"), Some(0));
