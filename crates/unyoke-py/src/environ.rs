@@ -93,8 +93,21 @@ fn environ_key(name: &[u8]) -> String {
     }
 }
 
-/// A listener's address with its SERVER_NAME and SERVER_PORT values.
-type LocalNames = (PeerAddr, Py<PyString>, Py<PyString>);
+/// The environ template of one listener (local address, and whether it is TLS): the
+/// server's, with SERVER_NAME, SERVER_PORT and the scheme set.
+type ListenerTemplate = (PeerAddr, bool, Py<PyDict>);
+
+/// Most listener templates kept (a server has a few listeners; beyond this many local
+/// addresses, e.g. a wildcard bind answering on many, the template is made per request).
+const LISTENER_TEMPLATES_MAX: usize = 16;
+
+/// What a connection keeps for its requests (from its second one): its listener's
+/// template and its peer's address as strings.
+struct ConnEnviron {
+    template: Py<PyDict>,
+    remote_addr: Py<PyString>,
+    remote_port: Py<PyString>,
+}
 
 pub struct EnvironBuilder {
     template: Py<PyDict>,
@@ -120,8 +133,8 @@ pub struct EnvironBuilder {
     server_name: Option<Py<PyString>>,
     /// Peers whose Forwarded / X-Forwarded-* headers are believed.
     forwarded_allow: Vec<unyoke_server::Network>,
-    /// SERVER_NAME and SERVER_PORT per local address.
-    local_cache: Mutex<Vec<LocalNames>>,
+    /// The template of each listener (see [`ListenerTemplate`]).
+    listener_templates: Mutex<Vec<ListenerTemplate>>,
 }
 
 fn intern(py: Python<'_>, s: &str) -> Py<PyString> {
@@ -273,7 +286,7 @@ impl EnvironBuilder {
             },
             header_keys: Mutex::new(HashMap::new()),
             server_name: settings.server_name.as_deref().map(|s| intern(py, s)),
-            local_cache: Mutex::new(Vec::new()),
+            listener_templates: Mutex::new(Vec::new()),
             forwarded_allow: settings.forwarded_allow_ips.clone(),
         };
         // The keys every request has, present in the template: the copy then replaces
@@ -281,7 +294,7 @@ impl EnvironBuilder {
         // the request's headers (inserting ~11 keys into a copy of a small table resized
         // it once or twice per request). Three hold their usual value (GET, HTTP/1.1, no
         // query), which `build` replaces only when the request differs; the others hold a
-        // placeholder that `build` (or the connection's template) always replaces.
+        // placeholder that `build` (or the listener's template) always replaces.
         let template = builder.template.bind(py);
         for k in [
             &builder.k_path,
@@ -335,14 +348,21 @@ impl EnvironBuilder {
         Some(key)
     }
 
-    fn local<'py>(
-        &self,
-        py: Python<'py>,
-        conn: &ConnInfo,
-    ) -> (Bound<'py, PyString>, Bound<'py, PyString>) {
-        let mut cache = self.local_cache.lock();
-        if let Some((_, n, p)) = cache.iter().find(|(a, _, _)| *a == conn.local) {
-            return (n.bind(py).clone(), p.bind(py).clone());
+    /// The template of the listener `conn` arrived on (see [`ListenerTemplate`]).
+    ///
+    /// Every request copies it: one dictionary shared by all the listener's connections
+    /// stays in the CPU's caches, where a template per connection (tried before) was
+    /// read from memory on every request once a few hundred connections took turns
+    /// (callgrind's cache simulation, 256 connections, 512 KiB last-level cache: ~11 of
+    /// the ~93 misses per request were in copying it). The peer's address is stored
+    /// into the copy instead: two dictionary stores.
+    fn listener_template(&self, py: Python<'_>, conn: &ConnInfo) -> PyResult<Py<PyDict>> {
+        let mut cache = self.listener_templates.lock();
+        if let Some((_, _, t)) = cache
+            .iter()
+            .find(|(a, tls, _)| *a == conn.local && *tls == conn.tls)
+        {
+            return Ok(t.clone_ref(py));
         }
         let (name, port) = match &conn.local {
             PeerAddr::Tcp(a) => (a.ip().to_string(), a.port().to_string()),
@@ -355,44 +375,45 @@ impl EnvironBuilder {
                 String::new(),
             ),
         };
-        let name = match &self.server_name {
-            Some(n) => n.bind(py).clone(),
-            None => PyString::new(py, &name),
-        };
-        let port = PyString::new(py, &port);
-        if cache.len() < 16 {
-            cache.push((
-                conn.local.clone(),
-                name.clone().unbind(),
-                port.clone().unbind(),
-            ));
-        }
-        (name, port)
-    }
-
-    /// The environ template of one connection: the server's, with what is the same for
-    /// every request on the connection (SERVER_NAME, SERVER_PORT, REMOTE_ADDR,
-    /// REMOTE_PORT, the scheme) set once. Kept in the connection's [`ConnInfo`], it saves
-    /// each request four dictionary stores and two new strings (~1,800 instructions).
-    fn conn_template(&self, py: Python<'_>, conn: &ConnInfo) -> PyResult<Py<PyDict>> {
         let env = self.template.bind(py).copy()?;
-        let (server_name, server_port) = self.local(py, conn);
-        env.set_item(&self.k_server_name, server_name)?;
-        env.set_item(&self.k_server_port, server_port)?;
-        match &conn.peer {
-            PeerAddr::Tcp(a) => {
-                env.set_item(&self.k_remote_addr, a.ip().to_string())?;
-                env.set_item(&self.k_remote_port, a.port().to_string())?;
-            }
-            PeerAddr::Unix(_) => {
-                env.set_item(&self.k_remote_addr, &self.v_empty)?;
-                env.set_item(&self.k_remote_port, &self.v_empty)?;
-            }
+        match &self.server_name {
+            Some(n) => env.set_item(&self.k_server_name, n)?,
+            None => env.set_item(&self.k_server_name, name)?,
         }
+        env.set_item(&self.k_server_port, port)?;
         if conn.tls {
             env.set_item("wsgi.url_scheme", "https")?;
         }
-        Ok(env.unbind())
+        let env = env.unbind();
+        if cache.len() < LISTENER_TEMPLATES_MAX {
+            cache.push((conn.local.clone(), conn.tls, env.clone_ref(py)));
+        }
+        Ok(env)
+    }
+
+    /// The peer's address and port as environ values.
+    fn remote<'py>(
+        &self,
+        py: Python<'py>,
+        conn: &ConnInfo,
+    ) -> (Bound<'py, PyString>, Bound<'py, PyString>) {
+        match &conn.peer {
+            PeerAddr::Tcp(a) => (
+                PyString::new(py, &a.ip().to_string()),
+                PyString::new(py, &a.port().to_string()),
+            ),
+            PeerAddr::Unix(_) => (self.v_empty.bind(py).clone(), self.v_empty.bind(py).clone()),
+        }
+    }
+
+    /// What a connection keeps for its requests (see [`ConnEnviron`]).
+    fn conn_environ(&self, py: Python<'_>, conn: &ConnInfo) -> PyResult<ConnEnviron> {
+        let (addr, port) = self.remote(py, conn);
+        Ok(ConnEnviron {
+            template: self.listener_template(py, conn)?,
+            remote_addr: addr.unbind(),
+            remote_port: port.unbind(),
+        })
     }
 
     /// The environ for one request.
@@ -403,20 +424,30 @@ impl EnvironBuilder {
         pretend_http10: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let (head, conn) = (&ex.head, &*ex.conn);
-        // A connection's first request builds its environ directly; the template is kept
-        // from its second on. A connection used once (or once per idle period) then
-        // leaves nothing behind in the interpreter's memory when it is set aside.
+        // A connection's first request makes what it needs for itself; what stays the
+        // same is kept from its second on. A connection used once (or once per idle
+        // period) then leaves nothing behind in the interpreter's memory when it is set
+        // aside.
         let kept = if ex.earlier_requests == 0 {
             None
         } else {
-            conn.cache
-                .get_or_try_init(|| self.conn_template(py, conn))?
+            conn.cache.get_or_try_init(|| self.conn_environ(py, conn))?
         };
+        // (Also when the cache holds another type: made for this request alone.)
         let env = match kept {
-            Some(t) => t.bind(py).copy()?,
-            // (Also when the cache holds another type: the template is made for this
-            // request alone.)
-            None => self.conn_template(py, conn)?.into_bound(py),
+            Some(k) => {
+                let env = k.template.bind(py).copy()?;
+                env.set_item(&self.k_remote_addr, &k.remote_addr)?;
+                env.set_item(&self.k_remote_port, &k.remote_port)?;
+                env
+            }
+            None => {
+                let env = self.listener_template(py, conn)?.bind(py).copy()?;
+                let (addr, port) = self.remote(py, conn);
+                env.set_item(&self.k_remote_addr, addr)?;
+                env.set_item(&self.k_remote_port, port)?;
+                env
+            }
         };
         let method = head.method();
         if method != b"GET" {
