@@ -357,13 +357,18 @@ impl EnvironBuilder {
     /// the ~93 misses per request were in copying it). The peer's address is stored
     /// into the copy instead: two dictionary stores.
     fn listener_template(&self, py: Python<'_>, conn: &ConnInfo) -> PyResult<Py<PyDict>> {
-        let mut cache = self.listener_templates.lock();
-        if let Some((_, _, t)) = cache
-            .iter()
-            .find(|(a, tls, _)| *a == conn.local && *tls == conn.tls)
-        {
-            return Ok(t.clone_ref(py));
+        let find = |cache: &[ListenerTemplate]| {
+            cache
+                .iter()
+                .find(|(a, tls, _)| *a == conn.local && *tls == conn.tls)
+                .map(|(_, _, t)| t.clone_ref(py))
+        };
+        if let Some(t) = find(&self.listener_templates.lock()) {
+            return Ok(t);
         }
+        // Made without the lock held: allocating the dictionary may run the garbage
+        // collector, and a finalizer that lets the GIL go would let another thread block
+        // on this lock while holding the GIL.
         let (name, port) = match &conn.local {
             PeerAddr::Tcp(a) => (a.ip().to_string(), a.port().to_string()),
             PeerAddr::Unix(p) => (
@@ -385,6 +390,10 @@ impl EnvironBuilder {
             env.set_item("wsgi.url_scheme", "https")?;
         }
         let env = env.unbind();
+        let mut cache = self.listener_templates.lock();
+        if let Some(t) = find(&cache) {
+            return Ok(t); // made meanwhile by another thread
+        }
         if cache.len() < LISTENER_TEMPLATES_MAX {
             cache.push((conn.local.clone(), conn.tls, env.clone_ref(py)));
         }
