@@ -35,6 +35,7 @@ WORK=$(mktemp -d /tmp/unyoke-callgrind-cache.XXXXXX)
 [ -f "$HARNESS/apps.py" ] || { echo "shared harness not found: set UNYOKE_BENCH_HARNESS" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind missing: run benchmarks/setup.sh" >&2; exit 1; }
 [ "$ROUNDS" -gt "$ROUNDS_BASE" ] || { echo "ROUNDS must exceed ROUNDS_BASE" >&2; exit 1; }
+. "$HERE/callgrind_server.sh"
 
 # The client: CONNS connections; each round sends one GET on every connection, then reads
 # every response whole (Content-Length). A round is quick, so no connection waits long
@@ -67,35 +68,10 @@ for s in socks:
     s.close()
 EOF
 
-# run ROUNDS LABEL: prints callgrind's event names and totals of one server life.
+# run ROUNDS LABEL: one server life, its profile in $WORK/LABEL.<pid>.
 run() {
-    rounds=$1
-    label=$2
-    out="$WORK/$label"
-    log="$WORK/$label.log"
-    (cd "$HARNESS" && PYTHONPATH="$HARNESS" exec taskset -c 1 valgrind --tool=callgrind \
-        --cache-sim=yes --LL="$LL" --callgrind-out-file="$out.%p" "$PY" -m unyoke apps:hello \
-        --bind "127.0.0.1:$PORT" --no-access-log) >"$log" 2>&1 &
-    pid=$!
-    waited=0
-    until grep -q "listening on" "$log"; do
-        if ! kill -0 "$pid" 2>/dev/null || [ "$waited" -ge 600 ]; then
-            echo "server did not start under valgrind; log: $log" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-    taskset -c 0 "$PY" "$WORK/client.py" "$PORT" "$CONNS" "$rounds"
-    kill -INT "$pid"
-    waited=0
-    while kill -0 "$pid" 2>/dev/null; do
-        if [ "$waited" -ge 120 ]; then kill -TERM "$pid" 2>/dev/null || true; fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-    wait "$pid" || true
+    callgrind_serve "$WORK/$2" "$WORK/$2.log" --cache-sim=yes --LL="$LL" -- \
+        "$PY" "$WORK/client.py" "$PORT" "$CONNS" "$1"
 }
 
 echo "unyoke $("$PY" -c 'import importlib.metadata as m; print(m.version("unyoke"))') under $(valgrind --version), app apps:hello, $CONNS connections, LL=$LL"

@@ -29,6 +29,7 @@ WORK=$(mktemp -d /tmp/unyoke-callgrind.XXXXXX)
 [ -x "$PY" ] || { echo "no venv at $VENV: run benchmarks/setup.sh" >&2; exit 1; }
 [ -f "$HARNESS/apps.py" ] || { echo "shared harness not found: set UNYOKE_BENCH_HARNESS" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind missing: run benchmarks/setup.sh" >&2; exit 1; }
+. "$HERE/callgrind_server.sh"
 
 # The client: WARMUP + COUNT sequential keep-alive GETs on one connection, each response
 # read whole (Content-Length), the request as wrk sends it.
@@ -64,31 +65,7 @@ run() {
     count=$1
     label=$2
     out="$WORK/$label"
-    log="$WORK/$label.log"
-    rm -f "$out".*
-    (cd "$HARNESS" && PYTHONPATH="$HARNESS" exec taskset -c 1 valgrind --tool=callgrind \
-        --callgrind-out-file="$out.%p" "$PY" -m unyoke apps:hello \
-        --bind "127.0.0.1:$PORT" --no-access-log) >"$log" 2>&1 &
-    pid=$!
-    waited=0
-    until grep -q "listening on" "$log"; do
-        if ! kill -0 "$pid" 2>/dev/null || [ "$waited" -ge 600 ]; then
-            echo "server did not start under valgrind; log: $log" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-            exit 1
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-    taskset -c 0 "$PY" "$WORK/client.py" "$PORT" "$WARMUP" "$count"
-    kill -INT "$pid"
-    waited=0
-    while kill -0 "$pid" 2>/dev/null; do
-        if [ "$waited" -ge 120 ]; then kill -TERM "$pid" 2>/dev/null || true; fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-    wait "$pid" || true
+    callgrind_serve "$out" "$out.log" -- "$PY" "$WORK/client.py" "$PORT" "$WARMUP" "$count"
     # callgrind's totals line ("summary:" in 3.x files; "totals:" as a fallback)
     cat "$out".* | awk '/^summary:/ {s += $2; found = 1} /^totals:/ {t += $2}
         END {if (found) print s; else print t}'
