@@ -516,8 +516,9 @@ impl FramingRules {
     }
 }
 
-/// `1*DIGIT` as a u64; no sign, no spaces inside, no lists, no overflow.
-pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
+/// A Content-Length value, a request's or an application's: `1*DIGIT` as a u64; no sign,
+/// no spaces inside, no lists, no overflow.
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() {
         return None;
     }

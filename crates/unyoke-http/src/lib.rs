@@ -27,12 +27,12 @@ pub use chunked::{
 };
 pub use date::http_date;
 pub use error::RequestError;
+pub use head::parse_content_length;
 pub use proxy::{parse_proxy_header, ProxyError, ProxyInfo};
 pub use request::{
     BodyKind, Event, Limits, RequestDecoder, RequestHead, Version, MAX_EMPTY_LINES_BEFORE_REQUEST,
 };
 pub use response::{
     classify_response_field, decimal, is_hop_by_hop, is_valid_header_name, is_valid_header_value,
-    parse_response_content_length, parse_status, plan_response, write_header, BodyFraming,
-    ResponseField, ResponseFraming,
+    parse_status, plan_response, write_header, BodyFraming, ResponseField, ResponseFraming,
 };

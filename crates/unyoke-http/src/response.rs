@@ -143,11 +143,6 @@ pub fn classify_response_field(name: &[u8]) -> Option<ResponseField> {
     })
 }
 
-/// A response Content-Length value: `1*DIGIT`, no sign, no spaces, no list, no overflow.
-pub fn parse_response_content_length(value: &[u8]) -> Option<u64> {
-    crate::head::parse_content_length(value)
-}
-
 /// `n` in decimal, written into `buf` without allocating; returns the digits.
 pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();

@@ -2,8 +2,8 @@
 
 use unyoke_http::{
     chunk_header, classify_response_field, http_date, is_hop_by_hop, is_valid_header_name,
-    is_valid_header_value, parse_response_content_length, parse_status, plan_response,
-    write_header, BodyFraming, ResponseField, ResponseFraming, Version, LAST_CHUNK,
+    is_valid_header_value, parse_content_length, parse_status, plan_response, write_header,
+    BodyFraming, ResponseField, ResponseFraming, Version, LAST_CHUNK,
 };
 
 #[test]
@@ -290,10 +290,10 @@ fn response_field_classes_agree_with_the_validator_for_every_short_name() {
 
 #[test]
 fn response_content_length_values() {
-    assert_eq!(parse_response_content_length(b"13"), Some(13));
-    assert_eq!(parse_response_content_length(b"0"), Some(0));
+    assert_eq!(parse_content_length(b"13"), Some(13));
+    assert_eq!(parse_content_length(b"0"), Some(0));
     assert_eq!(
-        parse_response_content_length(b"18446744073709551615"),
+        parse_content_length(b"18446744073709551615"),
         Some(u64::MAX)
     );
     for bad in [
@@ -305,7 +305,7 @@ fn response_content_length_values() {
         b"1,1",
         b"0x1",
     ] {
-        assert_eq!(parse_response_content_length(bad), None, "{bad:?}");
+        assert_eq!(parse_content_length(bad), None, "{bad:?}");
     }
 }
 

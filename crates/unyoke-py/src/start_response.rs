@@ -263,13 +263,12 @@ impl StartResponse {
                     )));
                 }
                 ResponseField::ContentLength => {
-                    let n =
-                        unyoke_http::parse_response_content_length(&value).ok_or_else(|| {
-                            PyValueError::new_err(format!(
-                                "invalid Content-Length {:?}",
-                                String::from_utf8_lossy(&value)
-                            ))
-                        })?;
+                    let n = unyoke_http::parse_content_length(&value).ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "invalid Content-Length {:?}",
+                            String::from_utf8_lossy(&value)
+                        ))
+                    })?;
                     if content_length.is_some_and(|c| c != n) {
                         return Err(PyValueError::new_err(
                             "several different Content-Length headers",
