@@ -13,7 +13,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence
 STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 #: Counters of ``Engine.stats()`` that only grow during a worker's life.
-_SCALAR_COUNTERS = ("requests_total", "bytes_in", "bytes_out", "duration_sum_seconds")
+_SCALAR_COUNTERS = (
+    "requests_total",
+    "bytes_in",
+    "bytes_out",
+    "duration_sum_seconds",
+    "takeovers_blocked",
+    "takeovers_computing",
+)
 _LIST_COUNTERS = ("responses_by_class", "duration_buckets")
 #: Values that say how things are now, summed over the live workers only.
 _GAUGES = ("requests_in_flight", "open_connections", "idle_connections", "threads")
@@ -131,6 +138,18 @@ def render(total: Mapping[str, Any], bounds: Sequence[float], workers: int, rest
         "counter",
         "Bytes written to clients.",
         [f"unyoke_bytes_sent_total {_number(total.get('bytes_out', 0))}"],
+    )
+    metric(
+        "unyoke_loop_takeovers_total",
+        "counter",
+        "Times a standby thread took the event loop over from an application call, by why: "
+        "the call blocked (gave the GIL up), or it kept computing past a watch tick and the "
+        "interpreter's switch interval.",
+        (
+            f'unyoke_loop_takeovers_total{{reason="{reason}"}} '
+            f"{_number(total.get('takeovers_' + reason, 0))}"
+            for reason in ("blocked", "computing")
+        ),
     )
     metric(
         "unyoke_worker_restarts_total",

@@ -510,3 +510,16 @@ def sleep(environ: Environ, start_response: StartResponse) -> List[bytes]:
     time.sleep(float(q.get("s", "0.5")))
     record("sleep", f"end {ident}")
     return text_response(start_response, f"slept {ident}".encode())
+
+
+@route("spin")
+def spin(environ: Environ, start_response: StartResponse) -> List[bytes]:
+    """Computes for `s` seconds: holds the GIL but for the interpreter's forced switches."""
+    q = query(environ)
+    ident = q.get("id", "")
+    record("spin", f"start {ident}")
+    end = time.monotonic() + float(q.get("s", "0.5"))
+    while time.monotonic() < end:
+        pass
+    record("spin", f"end {ident}")
+    return text_response(start_response, f"spun {ident}".encode())

@@ -37,6 +37,10 @@ def app(environ, start_response):
             with open(os.path.join(state, "started.log"), "a") as f:
                 f.write(f"{{os.getpid()}} {{tag}}\\n")
         time.sleep(float(seconds))
+    if path == "/spin":
+        end = time.monotonic() + float(query)
+        while time.monotonic() < end:
+            pass
     status = "404 Not Found" if path == "/missing" else "200 OK"
     body = f"{{VERSION}} {{os.getpid()}}".encode()
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -334,11 +338,39 @@ def test_metrics_sum_the_workers(servers, tmp_path: Path) -> None:
     assert samples["unyoke_bytes_received_total"] > 41 * 30
     assert samples["unyoke_bytes_sent_total"] > 41 * 60
     assert samples["unyoke_worker_restarts_total"] == 0
+    # Each sleeping call gives the GIL up while the loop waits on it: the standby takes
+    # the loop over at least once in 40 such calls, and nothing here computes for long.
+    assert samples['unyoke_loop_takeovers_total{reason="blocked"}'] >= 1
+    assert samples['unyoke_loop_takeovers_total{reason="computing"}'] == 0
     # Counters survive a worker's death; the restart is counted.
     os.kill(children(server.pid)[0], signal.SIGKILL)
     wait_workers(server, 2)
     assert wait_until(lambda: scrape(metrics_port)["unyoke_worker_restarts_total"] == 1, 10)
     assert scrape(metrics_port)['unyoke_requests_total{class="2xx"}'] == 40
+
+
+def test_metrics_count_loop_takeovers_by_reason(servers, tmp_path: Path) -> None:
+    """A call computing for 1.5 s has the loop taken over (computing) while requests keep
+    being answered; calls that sleep have it taken over as blocked."""
+    metrics_port = free_port()
+    server = start(servers, tmp_path, "--workers", "1", "--metrics", f"127.0.0.1:{metrics_port}")
+    wait_workers(server, 1)
+    with ThreadPoolExecutor(4) as pool:
+        spinning = pool.submit(get, server, "/spin?1.5")
+        time.sleep(0.3)
+        assert not spinning.done()
+        quick = [get(server, f"/?{i}")[0] for i in range(5)]
+        assert quick == [200] * 5
+        assert not spinning.done(), "the quick requests waited for the computing one"
+        assert spinning.result()[0] == 200
+    assert wait_until(lambda: scrape(metrics_port)['unyoke_requests_total{class="2xx"}'] == 6, 10)
+    samples = scrape(metrics_port)
+    assert samples['unyoke_loop_takeovers_total{reason="computing"}'] >= 1
+    assert samples['unyoke_loop_takeovers_total{reason="blocked"}'] == 0
+    assert get(server, "/sleep?0.3")[0] == 200
+    assert wait_until(
+        lambda: scrape(metrics_port)['unyoke_loop_takeovers_total{reason="blocked"}'] >= 1, 10
+    )
 
 
 def test_preload_imports_once_and_app_errors_stop_the_start(servers, tmp_path: Path) -> None:

@@ -124,7 +124,9 @@ impl Engine {
     /// Counters: open_connections, requests_in_flight, requests_total, bytes_in,
     /// bytes_out, threads, idle_connections (set aside while idle), responses_by_class
     /// (index 0: none sent, 1: 1xx … 5: 5xx), duration_buckets (per bucket, the last
-    /// +Inf), duration_bucket_bounds (seconds), duration_sum_seconds.
+    /// +Inf), duration_bucket_bounds (seconds), duration_sum_seconds, takeovers_blocked
+    /// and takeovers_computing (the event loop taken over from a call that blocked, or
+    /// from one that kept computing).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let d = PyDict::new(py);
@@ -142,6 +144,8 @@ impl Engine {
             unyoke_server::DURATION_BUCKETS.to_vec(),
         )?;
         d.set_item("duration_sum_seconds", s.duration_sum_us as f64 / 1e6)?;
+        d.set_item("takeovers_blocked", s.takeovers_blocked)?;
+        d.set_item("takeovers_computing", s.takeovers_computing)?;
         Ok(d)
     }
 }

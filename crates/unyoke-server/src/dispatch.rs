@@ -98,6 +98,12 @@ struct Control {
     summoned: usize,
     threads: usize,
     max_threads: usize,
+    /// The CPU clock of the leader's thread (see [`cpu`]), to tell a call that computes
+    /// from one that waits.
+    leader_clock: Option<cpu::Clock>,
+    /// Tokens of leaders displaced from a call that kept computing, still in that call:
+    /// each one shares the gate with whoever leads now.
+    displaced_computing: Vec<u64>,
     /// Wakers deferred by the leader while it ran application code outside the runtime;
     /// whoever drives the runtime next wakes them from inside it (cheap).
     pending_wakes: Vec<Waker>,
@@ -125,6 +131,10 @@ pub struct Dispatcher<J: Job> {
     /// One slot per dispatch thread (by index), for [`Dispatcher::running`].
     running: Vec<RunningSlot>,
     next_slot: AtomicUsize,
+    /// Takeovers of the runtime from a call that blocked (gave the gate up).
+    takeovers_blocked: AtomicU64,
+    /// Takeovers from a call that kept computing (the gate came only by force).
+    takeovers_computing: AtomicU64,
 }
 
 /// How often a lazy standby looks at the leader; a call running this long (one to two
@@ -149,6 +159,105 @@ thread_local! {
     static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
+/// A call the standby watches: which one, since when, and how much its thread had run
+/// then.
+struct Watch {
+    seq: u64,
+    token: u64,
+    since: Instant,
+    cpu: Option<Duration>,
+}
+
+/// Shortest watch from which a call's share of the CPU is judged (a shorter one is mostly
+/// the standby's own wake-up).
+const MIN_JUDGED: Duration = Duration::from_millis(1);
+
+impl Watch {
+    fn start(c: &Control, seq: u64) -> Watch {
+        Watch {
+            seq,
+            token: c.leader_token,
+            since: Instant::now(),
+            cpu: c.leader_clock.and_then(cpu::Clock::read),
+        }
+    }
+
+    /// Whether this is the call the leader runs now.
+    fn is(&self, c: &Control, seq: u64) -> bool {
+        self.seq == seq && self.token == c.leader_token
+    }
+
+    /// Whether the call computes: its thread ran for at least half the time watched (a
+    /// call that waits, in I/O, a sleep or on a lock, runs for almost none of it; one that
+    /// computes runs for all of it, or half while it shares the gate with a displaced
+    /// one). `None` when it cannot be told: no CPU clock, or too short a watch.
+    fn computing(&self, c: &Control) -> Option<bool> {
+        let watched = self.since.elapsed();
+        if watched < MIN_JUDGED {
+            return None;
+        }
+        let ran = c.leader_clock?.read()?.checked_sub(self.cpu?)?;
+        Some(ran * 2 >= watched)
+    }
+}
+
+/// How long a call that computes runs before the standby takes the loop over, when
+/// `displaced` calls that computed are still running: a tick, doubled for each. The loop
+/// is then shared between the calls (the gate passes every switch interval), which is
+/// fair to short requests behind a long one; but every call displaced slows the next, and
+/// without the doubling a load of calls each a few milliseconds long (Django on a busy
+/// host) fed on itself: a takeover per three requests, 4.5 context switches per request
+/// (docs/design.md).
+fn budget(displaced: usize) -> Duration {
+    LAZY_TICK * (1u32 << displaced.min(6))
+}
+
+/// Per-thread CPU clocks: how long a thread has run, read from another thread.
+mod cpu {
+    use std::time::Duration;
+
+    /// The CPU-time clock of one thread.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Clock(libc::clockid_t);
+
+    impl Clock {
+        /// The clock of the calling thread, where the platform has one.
+        pub(super) fn of_this_thread() -> Option<Clock> {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            {
+                let mut id: libc::clockid_t = 0;
+                // SAFETY: `pthread_self` is the calling thread, alive; `id` is a valid
+                // place for the result.
+                let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+                (rc == 0).then_some(Clock(id))
+            }
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            {
+                None
+            }
+        }
+
+        /// How long the thread has run. `None` if the clock cannot be read (its thread
+        /// has exited: the kernel answers EINVAL).
+        pub(super) fn read(self) -> Option<Duration> {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid place for the result; an unknown clock is an error
+            // return, not undefined behaviour.
+            let rc = unsafe { libc::clock_gettime(self.0, &mut ts) };
+            if rc != 0 {
+                return None;
+            }
+            Some(Duration::new(
+                u64::try_from(ts.tv_sec).ok()?,
+                u32::try_from(ts.tv_nsec).ok()?,
+            ))
+        }
+    }
+}
+
 impl<J: Job> Dispatcher<J> {
     /// A pool of at most `max_threads` threads (at least 2: a leader and a standby).
     pub fn new(gate: Arc<dyn Gate>, max_threads: usize) -> Arc<Self> {
@@ -164,6 +273,8 @@ impl<J: Job> Dispatcher<J> {
                 summoned: 0,
                 threads: 0,
                 max_threads: max_threads.max(2),
+                leader_clock: None,
+                displaced_computing: Vec::new(),
                 pending_wakes: Vec::new(),
                 stopping: false,
             }),
@@ -182,6 +293,8 @@ impl<J: Job> Dispatcher<J> {
                 .map(|_| Mutex::new(None))
                 .collect(),
             next_slot: AtomicUsize::new(0),
+            takeovers_blocked: AtomicU64::new(0),
+            takeovers_computing: AtomicU64::new(0),
         })
     }
 
@@ -256,6 +369,14 @@ impl<J: Job> Dispatcher<J> {
     /// Number of dispatch threads alive.
     pub fn threads(&self) -> usize {
         self.control.lock().threads
+    }
+
+    /// Takeovers of the runtime so far: from calls that blocked, from calls that computed.
+    pub fn takeovers(&self) -> (u64, u64) {
+        (
+            self.takeovers_blocked.load(Ordering::Relaxed),
+            self.takeovers_computing.load(Ordering::Relaxed),
+        )
     }
 
     /// Hook for the runtime: the leader is about to sleep in the I/O driver.
@@ -462,8 +583,10 @@ impl<J: Job> Dispatcher<J> {
         self.exit_cv.notify_all();
     }
 
+    /// Makes the calling thread the leader.
     fn become_leader(c: &mut Control) {
         c.leader = LeaderState::Io;
+        c.leader_clock = cpu::Clock::of_this_thread();
         c.leader_token = c.next_token;
         c.next_token += 1;
         LEADER_TOKEN.with(|t| t.set(c.leader_token));
@@ -533,12 +656,14 @@ impl<J: Job> Dispatcher<J> {
     ///   the gate is interrupted by the interpreter's switch interval (5 ms).
     /// - *lazy*, when calls have not blocked for a while (a fast workload): look at the
     ///   leader every tick (4 ms) without touching the gate, and only wait for the gate
-    ///   when the same call has been running for a whole tick. The fast path then pays
-    ///   nothing: no gate hand-offs when the leader parks and wakes, and no forced
-    ///   switches every 5 ms.
+    ///   when the same call has been running for a whole tick and waits (its thread ran
+    ///   for less than half of it), or has run for its [`budget`] and computes. The fast
+    ///   path then pays nothing: no gate hand-offs when the leader parks and wakes, and no
+    ///   forced switches every 5 ms.
     fn stand_by(&self) -> Role {
         self.gate.release();
-        let mut last_seq = u64::MAX;
+        // The call being watched, once the standby has seen it running.
+        let mut watch: Option<Watch> = None;
         let mut idle_ticks = 0u32;
         loop {
             let eager = {
@@ -549,7 +674,15 @@ impl<J: Job> Dispatcher<J> {
                     self.gate.acquire();
                     return Role::Stop;
                 }
-                c.eager_until.is_some_and(|t| Instant::now() < t)
+                let eager = c.eager_until.is_some_and(|t| Instant::now() < t);
+                if eager && c.leader == LeaderState::App {
+                    // The wait for the gate itself is the look: watch the call from now.
+                    let seq = self.job_seq.load(Ordering::Acquire);
+                    if !watch.as_ref().is_some_and(|w| w.is(&c, seq)) {
+                        watch = Some(Watch::start(&c, seq));
+                    }
+                }
+                eager
             };
             if !eager {
                 // Lazy: tick until the leader looks stuck (or is gone).
@@ -559,14 +692,26 @@ impl<J: Job> Dispatcher<J> {
                         break;
                     }
                     let seq = self.job_seq.load(Ordering::Acquire);
-                    if c.leader == LeaderState::App && seq == last_seq {
-                        break;
-                    }
-                    last_seq = if c.leader == LeaderState::App {
-                        seq
+                    if c.leader == LeaderState::App {
+                        match &watch {
+                            // The same call for a whole tick at least. One that waits (I/O,
+                            // a sleep, a lock) is taken over now. One that computes waits
+                            // for its budget: taking the loop over shares the gate between
+                            // it and the next calls, so each call already displaced while
+                            // computing lengthens the wait; and while one is, a call that
+                            // seems to wait may only be waiting for the gate.
+                            Some(w) if w.is(&c, seq) => {
+                                let displaced = c.displaced_computing.len();
+                                let waits = displaced == 0 && w.computing(&c) != Some(true);
+                                if waits || w.since.elapsed() >= budget(displaced) {
+                                    break;
+                                }
+                            }
+                            _ => watch = Some(Watch::start(&c, seq)),
+                        }
                     } else {
-                        u64::MAX
-                    };
+                        watch = None;
+                    }
                     if c.leader == LeaderState::Parked {
                         idle_ticks = idle_ticks.saturating_add(1);
                     } else {
@@ -587,17 +732,38 @@ impl<J: Job> Dispatcher<J> {
             }
             let waiting_since = Instant::now();
             self.gate.acquire();
-            // A gate that came only after a switch interval was most likely taken by force
-            // from a call that computes, not given up by one that blocks.
-            let forced = waiting_since.elapsed() >= FORCED_SWITCH;
+            let waited = waiting_since.elapsed();
             let mut c = self.control.lock();
             if c.stopping {
                 c.standby = false;
                 return Role::Stop;
             }
             let still_eager = c.eager_until.is_some_and(|t| Instant::now() < t);
+            let seq = self.job_seq.load(Ordering::Acquire);
             match c.leader {
                 LeaderState::App | LeaderState::Absent => {
+                    let watched = watch.as_ref().filter(|w| w.is(&c, seq));
+                    // Whether the call computes: from how much its thread ran while
+                    // watched; failing that, from how the gate came: only after a switch
+                    // interval means taken by force from a call that computes, not given
+                    // up by one that blocks. With a displaced call computing, the gate is
+                    // shared, and neither tells: counted as computing.
+                    let displaced = c.displaced_computing.len();
+                    let computing = c.leader == LeaderState::App
+                        && (displaced > 0
+                            || watched
+                                .and_then(|w| w.computing(&c))
+                                .unwrap_or(waited >= FORCED_SWITCH));
+                    if computing && watched.is_some_and(|w| w.since.elapsed() < budget(displaced)) {
+                        // An eager wait that met a computing call before its budget:
+                        // watch it lazily from now on (eagerness against calls that
+                        // compute is a forced switch every switch interval).
+                        c.eager_until = None;
+                        drop(c);
+                        self.gate.release();
+                        thread::yield_now();
+                        continue;
+                    }
                     // The leader blocks the loop (or there is none): take over.
                     c.standby = false;
                     // Only a call that blocked makes the standby eager: eagerness means
@@ -605,16 +771,20 @@ impl<J: Job> Dispatcher<J> {
                     // turns into a forced switch (and a takeover) every switch interval,
                     // each one extending it: one slow call would leave a CPU-bound app
                     // (Flask, Django) paying for switches for good.
-                    if !forced {
+                    if computing {
+                        self.takeovers_computing.fetch_add(1, Ordering::Relaxed);
+                        let token = c.leader_token;
+                        c.displaced_computing.push(token);
+                    } else if c.leader == LeaderState::App {
+                        self.takeovers_blocked.fetch_add(1, Ordering::Relaxed);
                         c.eager_until = Some(Instant::now() + EAGER_AFTER_TAKEOVER);
                     }
                     Self::become_leader(&mut c);
                     drop(c);
-                    // If the interpreter forced the switch, the old leader is not blocked
-                    // but waiting for the gate to finish its (running) call: lend it the
-                    // gate once now, so its response is not held up until this thread
-                    // next lets go. A blocked leader does not want it; then this costs a
-                    // yield.
+                    // If the call computes, the old leader is not blocked but waiting for
+                    // the gate to finish its (running) call: lend it the gate once now, so
+                    // its response is not held up until this thread next lets go. A
+                    // blocked leader does not want it; then this costs a yield.
                     self.gate.release();
                     thread::yield_now();
                     self.gate.acquire();
@@ -636,7 +806,7 @@ impl<J: Job> Dispatcher<J> {
                     // found the call finished: hand the gate back.
                     drop(c);
                     self.gate.release();
-                    last_seq = u64::MAX;
+                    watch = None;
                     thread::yield_now();
                 }
             }
@@ -696,6 +866,7 @@ impl<J: Job> Dispatcher<J> {
                 if c.leader_token != my_token {
                     // Another thread took over the runtime while this call blocked. Wakes
                     // deferred during the call are in `pending_wakes`, for the new leader.
+                    c.displaced_computing.retain(|&t| t != my_token);
                     return;
                 }
                 c.leader = LeaderState::Io;

@@ -172,6 +172,12 @@ pub struct Stats {
     pub duration_buckets: [u64; DURATION_BUCKETS.len() + 1],
     /// Sum of request durations, in microseconds.
     pub duration_sum_us: u64,
+    /// Times a standby thread took the event loop over from an application call that
+    /// blocked (gave the GIL up): the call runs on, the loop with it.
+    pub takeovers_blocked: u64,
+    /// Times a standby thread took the event loop over from an application call that kept
+    /// computing past a whole watch tick and the interpreter's switch interval.
+    pub takeovers_computing: u64,
 }
 
 /// Upper bounds, in seconds, of the request duration histogram (Prometheus' defaults).
@@ -491,6 +497,7 @@ impl<H: Handler> Engine<H> {
     /// Current counters.
     pub fn stats(&self) -> Stats {
         let c = &self.shared.stats;
+        let (takeovers_blocked, takeovers_computing) = self.shared.dispatcher.takeovers();
         Stats {
             open_connections: c.open.load(Ordering::Relaxed),
             requests_in_flight: c.in_flight.load(Ordering::Relaxed),
@@ -502,6 +509,8 @@ impl<H: Handler> Engine<H> {
             responses_by_class: std::array::from_fn(|i| c.by_class[i].load(Ordering::Relaxed)),
             duration_buckets: std::array::from_fn(|i| c.durations[i].load(Ordering::Relaxed)),
             duration_sum_us: c.duration_sum_us.load(Ordering::Relaxed),
+            takeovers_blocked,
+            takeovers_computing,
         }
     }
 }
