@@ -86,6 +86,24 @@ pub struct RequestHead {
     pub(crate) other_expectation: bool,
 }
 
+impl Default for RequestHead {
+    /// An empty head: no bytes, no fields, no memory held (a placeholder, e.g. in a pooled
+    /// exchange between two requests).
+    fn default() -> Self {
+        RequestHead {
+            buf: Bytes::new(),
+            method: (0, 0),
+            target: (0, 0),
+            headers: Vec::new(),
+            version: Version::Http11,
+            body: BodyKind::Empty,
+            keep_alive: false,
+            expect_continue: false,
+            other_expectation: false,
+        }
+    }
+}
+
 impl RequestHead {
     /// The method token, e.g. `b"GET"`.
     pub fn method(&self) -> &[u8] {

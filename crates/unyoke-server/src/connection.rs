@@ -21,7 +21,7 @@ use unyoke_http::{
 
 use crate::access_log::Entry;
 use crate::engine::{Shared, WorkItem};
-use crate::exchange::{BodyError, Exchange, OutChunk, ResponseStart};
+use crate::exchange::{BodyError, Exchange, ExchangePool, OutChunk, ResponseStart};
 use crate::idle::{Shelvable, SHELVE_AFTER};
 use crate::Handler;
 
@@ -322,6 +322,29 @@ struct Conn<'a, H: Handler, T: Transport> {
     wbuf: Vec<u8>,
     /// Requests served by this task (see [`Exchange::earlier_requests`]).
     served: u32,
+}
+
+/// A request's exchange, given back to the pool when the request is over, whichever way
+/// it ends.
+struct Recycled<'a, S> {
+    ex: Option<Arc<Exchange<S>>>,
+    pool: &'a ExchangePool<S>,
+}
+
+impl<S> std::ops::Deref for Recycled<'_, S> {
+    type Target = Arc<Exchange<S>>;
+    fn deref(&self) -> &Arc<Exchange<S>> {
+        // Some until dropped.
+        self.ex.as_ref().expect("exchange present until drop")
+    }
+}
+
+impl<S> Drop for Recycled<'_, S> {
+    fn drop(&mut self) {
+        if let Some(ex) = self.ex.take() {
+            self.pool.give(ex);
+        }
+    }
 }
 
 /// Serves one connection until it closes or goes idle long enough to be set aside.
@@ -634,12 +657,14 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         let cfg = &shared.config;
         let expect = head.expect_continue;
         let mut body_done = head.body == BodyKind::Empty;
-        let ex = Arc::new(Exchange::new(
-            head,
-            Arc::clone(&self.info),
-            self.served,
-            shared.waking(),
-        ));
+        let ex = Recycled {
+            ex: Some(
+                shared
+                    .exchanges
+                    .take(head, Arc::clone(&self.info), self.served),
+            ),
+            pool: &shared.exchanges,
+        };
         self.served = self.served.saturating_add(1);
         shared.stats.request_started();
         let mut malformed: Option<RequestError> = None;

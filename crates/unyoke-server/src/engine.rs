@@ -14,7 +14,7 @@ use crate::access_log::{AccessLog, LogFormat};
 use crate::clock::DateCache;
 use crate::connection::{self, ConnInfo, Ended, PeerAddr, Policy, Start};
 use crate::dispatch::{Dispatcher, Gate, Job};
-use crate::exchange::{Exchange, Waking};
+use crate::exchange::{Exchange, ExchangePool, Waking};
 use crate::idle::{IdlePool, Shelvable, Woken};
 use crate::listener::{Listener, TokioListener};
 use crate::Handler;
@@ -315,7 +315,8 @@ pub(crate) struct Shared<H: Handler> {
     connection_events: bool,
     handler: Arc<H>,
     dispatcher: Arc<Dispatcher<Task<H>>>,
-    waking: Arc<dyn Waking>,
+    /// Exchanges of finished requests, for the next ones.
+    pub(crate) exchanges: ExchangePool<H::State>,
     next_conn_id: AtomicU64,
     done: Mutex<bool>,
     done_cv: Condvar,
@@ -327,10 +328,6 @@ impl<H: Handler> Shared<H> {
             handler: Arc::clone(&self.handler),
             item,
         });
-    }
-
-    pub(crate) fn waking(&self) -> Arc<dyn Waking> {
-        Arc::clone(&self.waking)
     }
 
     /// The bookkeeping of a connection's end (`info` is needed only for the hook).
@@ -382,6 +379,14 @@ impl<H: Handler> Engine<H> {
         let request_slots = (config.maximum_simultaneous_requests > 0)
             .then(|| Arc::new(Semaphore::new(config.maximum_simultaneous_requests)));
         let max_size = config.max_size;
+        let vacant = Arc::new(ConnInfo {
+            id: 0,
+            peer: PeerAddr::unix(None),
+            local: PeerAddr::unix(None),
+            tls: false,
+            policy: Arc::clone(&policy),
+            cache: Default::default(),
+        });
         let shared = Arc::new(Shared {
             config,
             date: DateCache::default(),
@@ -395,7 +400,7 @@ impl<H: Handler> Engine<H> {
             connection_events: handler.wants_connection_events(),
             handler: Arc::new(handler),
             dispatcher,
-            waking,
+            exchanges: ExchangePool::new(waking, vacant),
             next_conn_id: AtomicU64::new(1),
             done: Mutex::new(false),
             done_cv: Condvar::new(),
