@@ -133,7 +133,7 @@ pub struct Dispatcher<J: Job> {
     next_slot: AtomicUsize,
     /// Takeovers of the runtime from a call that blocked (gave the gate up).
     takeovers_blocked: AtomicU64,
-    /// Takeovers from a call that kept computing (the gate came only by force).
+    /// Takeovers from a call that kept computing (see `stand_by` for how that is told).
     takeovers_computing: AtomicU64,
 }
 
@@ -189,8 +189,10 @@ impl Watch {
 
     /// Whether the call computes: its thread ran for at least half the time watched (a
     /// call that waits, in I/O, a sleep or on a lock, runs for almost none of it; one that
-    /// computes runs for all of it, or half while it shares the gate with a displaced
-    /// one). `None` when it cannot be told: no CPU clock, or too short a watch.
+    /// computes, for nearly all of it, less what other tenants of a busy host take).
+    /// `None` when it cannot be told: no CPU clock, or too short a watch. (While a
+    /// displaced call shares the gate, a call waiting for the gate looks like one that
+    /// waits: `stand_by` then counts every call as computing.)
     fn computing(&self, c: &Control) -> Option<bool> {
         let watched = self.since.elapsed();
         if watched < MIN_JUDGED {
