@@ -176,7 +176,8 @@ pub struct Stats {
     /// blocked (gave the GIL up): the call runs on, the loop with it.
     pub takeovers_blocked: u64,
     /// Times a standby thread took the event loop over from an application call that kept
-    /// computing past a whole watch tick and the interpreter's switch interval.
+    /// computing past its budget (a 4 ms tick, doubled for each computing call displaced
+    /// and still running).
     pub takeovers_computing: u64,
 }
 

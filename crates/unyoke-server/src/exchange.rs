@@ -280,6 +280,12 @@ impl<S> ExchangePool<S> {
         ))
     }
 
+    /// Lets the pooled exchanges go (when the allocator is asked to give memory back).
+    pub(crate) fn clear(&self) {
+        let free = std::mem::take(&mut *self.free.lock());
+        drop(free);
+    }
+
     /// Takes a finished exchange back, if nobody else holds it (an application thread may
     /// still, e.g. a deferred responder kept past the response: then it is dropped).
     pub(crate) fn give(&self, mut ex: Arc<Exchange<S>>) {

@@ -421,8 +421,10 @@ pub(crate) fn sweep<H: Handler>(shared: &Shared<H>, now: Instant, stopping: bool
         shared.connection_closed(c.info);
     }
     if trim {
-        // The pooled read buffers too: after a burst, they would pin what it left.
+        // The pooled read buffers and exchanges too: after a burst, they would pin what it
+        // left (each in a page of its own, likely).
         shared.buffers.clear();
+        shared.exchanges.clear();
         trim_allocator();
     }
 }
