@@ -208,56 +208,42 @@ def test_a_slow_reader_gets_the_whole_stream(server):
 # -- dispatch ------------------------------------------------------------------------------------
 
 
-def test_a_blocking_app_does_not_stall_other_connections(server):
+def assert_quick_request_answered_during(server, route: str, done_word: str) -> None:
+    """Starts `/_/<route>?s=3` on one connection; once it runs, a quick request on another
+    connection must be answered within 2 s and before the slow one ends."""
     ident = uuid.uuid4().hex[:8]
     slow_result: Dict[str, object] = {}
 
     def slow() -> None:
         with server.connect(timeout=20) as conn:
-            conn.send(build_request("GET", f"/_/sleep?s=3&id={ident}"))
+            conn.send(build_request("GET", f"/_/{route}?s=3&id={ident}"))
             slow_result["response"] = conn.read_final_response()[1]
-            slow_result["done_at"] = time.monotonic()
 
     thread = threading.Thread(target=slow)
     thread.start()
     try:
-        assert server.wait_for_state("sleep", f"start {ident}")
+        assert server.wait_for_state(route, f"start {ident}")
         start = time.monotonic()
         quick = server.get("/quick")
         quick_done = time.monotonic()
         assert quick.status == 200
         assert quick_done - start < 2.0, f"a quick request waited {quick_done - start:.2f}s"
-        assert "done_at" not in slow_result, "the slow request finished first"
+        assert "response" not in slow_result, f"the {route} request finished first"
     finally:
         thread.join(20)
-    assert slow_result["response"].body == f"slept {ident}".encode()  # type: ignore[union-attr]
+    body = slow_result["response"].body  # type: ignore[union-attr]
+    assert body == f"{done_word} {ident}".encode()
+
+
+def test_a_blocking_app_does_not_stall_other_connections(server):
+    assert_quick_request_answered_during(server, "sleep", "slept")
 
 
 def test_a_computing_app_does_not_stall_other_connections(server):
     """A call that computes for 3 s without giving the GIL up of its own accord: the
     standby takes the loop over and shares the GIL with it, so a quick request is
     answered meanwhile."""
-    ident = uuid.uuid4().hex[:8]
-    slow_result: Dict[str, object] = {}
-
-    def slow() -> None:
-        with server.connect(timeout=20) as conn:
-            conn.send(build_request("GET", f"/_/spin?s=3&id={ident}"))
-            slow_result["response"] = conn.read_final_response()[1]
-
-    thread = threading.Thread(target=slow)
-    thread.start()
-    try:
-        assert server.wait_for_state("spin", f"start {ident}")
-        start = time.monotonic()
-        quick = server.get("/quick")
-        quick_done = time.monotonic()
-        assert quick.status == 200
-        assert quick_done - start < 2.0, f"a quick request waited {quick_done - start:.2f}s"
-        assert "response" not in slow_result, "the computing request finished first"
-    finally:
-        thread.join(20)
-    assert slow_result["response"].body == f"spun {ident}".encode()  # type: ignore[union-attr]
+    assert_quick_request_answered_during(server, "spin", "spun")
 
 
 def test_blocking_requests_run_concurrently_with_default_settings(server):
