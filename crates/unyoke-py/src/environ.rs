@@ -10,6 +10,7 @@ use unyoke_http::{RequestHead, Version};
 use unyoke_server::{ConnInfo, Exchange, PeerAddr};
 
 use crate::handler::ReqState;
+use crate::input::Input;
 use crate::settings::WsgiSettings;
 
 /// Most distinct header names whose environ keys are cached (hostile clients can send
@@ -122,6 +123,9 @@ pub struct EnvironBuilder {
     k_server_name: Py<PyString>,
     k_server_port: Py<PyString>,
     pub k_input: Py<PyString>,
+    /// `wsgi.input` of every request without a body (see [`Input::empty`]), in the
+    /// template: such a request stores nothing for it.
+    empty_input: Py<Input>,
     v_http10: Py<PyString>,
     v_http11: Py<PyString>,
     v_empty: Py<PyString>,
@@ -269,6 +273,7 @@ impl EnvironBuilder {
             k_server_name: intern(py, "SERVER_NAME"),
             k_server_port: intern(py, "SERVER_PORT"),
             k_input: intern(py, "wsgi.input"),
+            empty_input: Py::new(py, Input::empty())?,
             v_http10: intern(py, "HTTP/1.0"),
             v_http11: intern(py, "HTTP/1.1"),
             v_empty: intern(py, ""),
@@ -292,9 +297,10 @@ impl EnvironBuilder {
         // The keys every request has, present in the template: the copy then replaces
         // values in place instead of inserting, and its table is already large enough for
         // the request's headers (inserting ~11 keys into a copy of a small table resized
-        // it once or twice per request). Three hold their usual value (GET, HTTP/1.1, no
-        // query), which `build` replaces only when the request differs; the others hold a
-        // placeholder that `build` (or the listener's template) always replaces.
+        // it once or twice per request). Four hold their usual value (GET, HTTP/1.1, no
+        // query, the input of a request without a body), which `build` or the handler
+        // replaces only when the request differs; the others hold a placeholder that
+        // `build` (or the listener's template) always replaces.
         let template = builder.template.bind(py);
         for k in [
             &builder.k_path,
@@ -305,10 +311,10 @@ impl EnvironBuilder {
             &builder.k_server_port,
             &builder.k_remote_addr,
             &builder.k_remote_port,
-            &builder.k_input,
         ] {
             template.set_item(k, &builder.v_empty)?;
         }
+        template.set_item(&builder.k_input, &builder.empty_input)?;
         template.set_item(&builder.k_method, intern(py, "GET"))?;
         template.set_item(&builder.k_protocol, &builder.v_http11)?;
         Ok(builder)

@@ -76,8 +76,6 @@ pub struct WsgiHandler {
     shared: Arc<HandlerShared>,
     error_logger: Py<PyAny>,
     traceback_format: Py<PyAny>,
-    /// `wsgi.input` of every request without a body (see [`Input::empty`]).
-    empty_input: Py<Input>,
 }
 
 type Ex = Arc<Exchange<ReqState>>;
@@ -128,7 +126,6 @@ impl WsgiHandler {
             shared: Arc::new(HandlerShared { settings }),
             error_logger: error_logger.unbind(),
             traceback_format: traceback_format.unbind(),
-            empty_input: Py::new(py, Input::empty())?,
         })
     }
 
@@ -140,16 +137,14 @@ impl WsgiHandler {
             Ok(env) => env,
             Err(e) => return self.fail(py, ex, None, e, "building the environ"),
         };
-        let input = if ex.head.body == unyoke_http::BodyKind::Empty {
-            self.empty_input.clone_ref(py)
-        } else {
-            match Py::new(py, Input::new(Arc::clone(ex))) {
-                Ok(i) => i,
-                Err(e) => return self.fail(py, ex, None, e, "building the environ"),
+        // A request without a body keeps the template's `wsgi.input` (one shared input at
+        // its end, see `Input::empty`).
+        if ex.head.body != unyoke_http::BodyKind::Empty {
+            let stored = Py::new(py, Input::new(Arc::clone(ex)))
+                .and_then(|input| env.set_item(&self.environ.k_input, input));
+            if let Err(e) = stored {
+                return self.fail(py, ex, None, e, "building the environ");
             }
-        };
-        if let Err(e) = env.set_item(&self.environ.k_input, input) {
-            return self.fail(py, ex, None, e, "building the environ");
         }
         let sr = match Bound::new(
             py,
