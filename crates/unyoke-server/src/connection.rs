@@ -21,7 +21,7 @@ use unyoke_http::{
 
 use crate::access_log::Entry;
 use crate::engine::{Shared, WorkItem};
-use crate::exchange::{BodyError, Exchange, ExchangePool, OutChunk, ResponseStart};
+use crate::exchange::{BodyError, Exchange, OutChunk, ResponseStart};
 use crate::idle::{Shelvable, SHELVE_AFTER};
 use crate::Handler;
 
@@ -104,6 +104,20 @@ pub(crate) struct Policy {
 }
 
 impl ConnInfo {
+    /// A connection that is none: no addresses, nothing cached. It stands in for the
+    /// connection of a pooled exchange (see `ExchangePool`), so that the pool keeps
+    /// nothing of a real one alive.
+    pub(crate) fn vacant(id: u64, policy: Arc<Policy>) -> Arc<Self> {
+        Arc::new(ConnInfo {
+            id,
+            peer: PeerAddr::unix(None),
+            local: PeerAddr::unix(None),
+            tls: false,
+            policy,
+            cache: HandlerCache::default(),
+        })
+    }
+
     /// Whether the server lets connections persist right now (setting, shutdown).
     pub fn keep_alive_allowed(&self) -> bool {
         self.policy.keepalive && !self.policy.stopping.load(Ordering::Relaxed)
@@ -322,29 +336,6 @@ struct Conn<'a, H: Handler, T: Transport> {
     wbuf: Vec<u8>,
     /// Requests served by this task (see [`Exchange::earlier_requests`]).
     served: u32,
-}
-
-/// A request's exchange, given back to the pool when the request is over, whichever way
-/// it ends.
-struct Recycled<'a, S> {
-    ex: Option<Arc<Exchange<S>>>,
-    pool: &'a ExchangePool<S>,
-}
-
-impl<S> std::ops::Deref for Recycled<'_, S> {
-    type Target = Arc<Exchange<S>>;
-    fn deref(&self) -> &Arc<Exchange<S>> {
-        // Some until dropped.
-        self.ex.as_ref().expect("exchange present until drop")
-    }
-}
-
-impl<S> Drop for Recycled<'_, S> {
-    fn drop(&mut self) {
-        if let Some(ex) = self.ex.take() {
-            self.pool.give(ex);
-        }
-    }
 }
 
 /// Serves one connection until it closes or goes idle long enough to be set aside.
@@ -657,14 +648,9 @@ impl<H: Handler, T: Transport> Conn<'_, H, T> {
         let cfg = &shared.config;
         let expect = head.expect_continue;
         let mut body_done = head.body == BodyKind::Empty;
-        let ex = Recycled {
-            ex: Some(
-                shared
-                    .exchanges
-                    .take(head, Arc::clone(&self.info), self.served),
-            ),
-            pool: &shared.exchanges,
-        };
+        let ex = shared
+            .exchanges
+            .take_recycled(head, Arc::clone(&self.info), self.served);
         self.served = self.served.saturating_add(1);
         shared.stats.request_started();
         let mut malformed: Option<RequestError> = None;

@@ -380,14 +380,7 @@ impl<H: Handler> Engine<H> {
         let request_slots = (config.maximum_simultaneous_requests > 0)
             .then(|| Arc::new(Semaphore::new(config.maximum_simultaneous_requests)));
         let max_size = config.max_size;
-        let vacant = Arc::new(ConnInfo {
-            id: 0,
-            peer: PeerAddr::unix(None),
-            local: PeerAddr::unix(None),
-            tls: false,
-            policy: Arc::clone(&policy),
-            cache: Default::default(),
-        });
+        let vacant = ConnInfo::vacant(0, Arc::clone(&policy));
         let shared = Arc::new(Shared {
             config,
             date: DateCache::default(),

@@ -243,6 +243,29 @@ pub(crate) struct ExchangePool<S> {
     vacant: Arc<ConnInfo>,
 }
 
+/// A request's exchange, given back to the pool when the request is over, whichever way
+/// it ends.
+pub(crate) struct Recycled<'a, S> {
+    ex: Option<Arc<Exchange<S>>>,
+    pool: &'a ExchangePool<S>,
+}
+
+impl<S> std::ops::Deref for Recycled<'_, S> {
+    type Target = Arc<Exchange<S>>;
+    fn deref(&self) -> &Arc<Exchange<S>> {
+        // Some until dropped.
+        self.ex.as_ref().expect("exchange present until drop")
+    }
+}
+
+impl<S> Drop for Recycled<'_, S> {
+    fn drop(&mut self) {
+        if let Some(ex) = self.ex.take() {
+            self.pool.give(ex);
+        }
+    }
+}
+
 /// Most exchanges kept (about 600 bytes each, 150 KiB in all): one per connection of a
 /// few hundred taking turns; beyond, they go back to the allocator.
 const EXCHANGE_POOL_MAX: usize = 256;
@@ -278,6 +301,19 @@ impl<S> ExchangePool<S> {
             earlier_requests,
             Arc::clone(&self.waking),
         ))
+    }
+
+    /// An exchange for a new request, which goes back to the pool when dropped.
+    pub(crate) fn take_recycled(
+        &self,
+        head: RequestHead,
+        conn: Arc<ConnInfo>,
+        earlier_requests: u32,
+    ) -> Recycled<'_, S> {
+        Recycled {
+            ex: Some(self.take(head, conn, earlier_requests)),
+            pool: self,
+        }
     }
 
     /// Lets the pooled exchanges go (when the allocator is asked to give memory back).
@@ -701,7 +737,7 @@ impl<S> Exchange<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::{PeerAddr, Policy};
+    use crate::connection::Policy;
     use bytes::BytesMut;
     use unyoke_http::{Event, Limits, RequestDecoder};
 
@@ -729,17 +765,13 @@ mod tests {
     }
 
     fn conn(id: u64) -> Arc<ConnInfo> {
-        Arc::new(ConnInfo {
+        ConnInfo::vacant(
             id,
-            peer: PeerAddr::unix(None),
-            local: PeerAddr::unix(None),
-            tls: false,
-            policy: Arc::new(Policy {
+            Arc::new(Policy {
                 keepalive: true,
                 stopping: Default::default(),
             }),
-            cache: Default::default(),
-        })
+        )
     }
 
     /// A head decoded from `buf`, sharing its memory (as from a connection's buffer).
@@ -800,6 +832,31 @@ mod tests {
         let other = pool.take(head(&mut buf, "/b"), conn(2), 0);
         assert!(!Arc::ptr_eq(&kept, &other));
         assert_eq!(kept.head.target(), b"/a", "the held exchange is left alone");
+    }
+
+    #[test]
+    fn a_recycled_exchange_goes_back_when_dropped_on_any_way_out() {
+        let pool = pool();
+        let mut buf = BytesMut::with_capacity(4096);
+        let first = {
+            let ex = pool.take_recycled(head(&mut buf, "/a"), conn(1), 0);
+            Arc::as_ptr(&ex)
+        };
+        assert_eq!(pool.free.lock().len(), 1);
+        // A request that ends in a panic (caught, as the engine's tasks are) gives its
+        // exchange back too.
+        let mut second = std::ptr::null();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let ex = pool.take_recycled(head(&mut buf, "/b"), conn(2), 0);
+            second = Arc::as_ptr(&ex);
+            panic!("request failed");
+        }));
+        assert!(unwound.is_err());
+        assert!(
+            std::ptr::eq(second, first),
+            "the pooled exchange was reused"
+        );
+        assert_eq!(pool.free.lock().len(), 1);
     }
 
     #[test]
