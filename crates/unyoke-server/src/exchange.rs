@@ -279,8 +279,9 @@ impl<S> ExchangePool<S> {
         }
     }
 
-    /// An exchange for a new request: a pooled one if there is one.
-    pub(crate) fn take(
+    /// An exchange for a new request: a pooled one if there is one. Requests take it
+    /// through [`ExchangePool::take_recycled`], so that it comes back.
+    fn take(
         &self,
         head: RequestHead,
         conn: Arc<ConnInfo>,
