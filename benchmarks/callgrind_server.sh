@@ -5,7 +5,10 @@
 # callgrind_serve OUT LOG VALGRIND_OPTION... -- CLIENT...
 #   starts `python -m unyoke apps:hello` on 127.0.0.1:PORT under `valgrind
 #   --tool=callgrind` with the given options (its profile in OUT.<pid>, its output in LOG),
-#   pinned to CPU 1; waits until it listens (up to 10 minutes: valgrind starts slowly);
+#   pinned to CPU 1, with --busy-poll 0 (the polling before the event loop sleeps runs as
+#   long as the client takes to send the next request: its instructions measure the
+#   client's timing, not the work per request, and would make the count unrepeatable);
+#   waits until it listens (up to 10 minutes: valgrind starts slowly);
 #   runs CLIENT... on CPU 0; then stops the server with SIGINT, so that callgrind writes its
 #   totals (SIGTERM after two minutes).
 callgrind_serve() {
@@ -23,7 +26,7 @@ callgrind_serve() {
     # shellcheck disable=SC2086
     (cd "$HARNESS" && PYTHONPATH="$HARNESS" exec taskset -c 1 valgrind --tool=callgrind \
         $cs_opts --callgrind-out-file="$cs_out.%p" "$PY" -m unyoke apps:hello \
-        --bind "127.0.0.1:$PORT" --no-access-log) >"$cs_log" 2>&1 &
+        --bind "127.0.0.1:$PORT" --no-access-log --busy-poll 0) >"$cs_log" 2>&1 &
     cs_pid=$!
     cs_waited=0
     until grep -q "listening on" "$cs_log"; do

@@ -764,7 +764,9 @@ def render(out):
             "",
             "`sh benchmarks/callgrind_hello.sh`: unyoke under `valgrind --tool=callgrind`, "
             "one keep-alive connection, (Ir of 200 warm-up + N requests - Ir of 200 warm-up "
-            "alone) ÷ N. All threads of the server process are summed.",
+            "alone) ÷ N. All threads of the server process are summed. The server runs "
+            "with `--busy-poll 0`: its polling before sleep lasts as long as the client "
+            "takes to send the next request, which would make the count depend on timing.",
             "",
             "```",
             "\n".join(

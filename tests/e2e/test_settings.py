@@ -15,6 +15,7 @@ that it is the catalogue.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
 import threading
@@ -427,6 +428,51 @@ def test_keepalive_off_closes_after_one_response(servers):
         assert response.status == 200
         assert "close" in response.header_tokens("Connection")
         assert conn.wait_closed(5.0), "a second response came on a no-keepalive connection"
+
+
+# -- busy_poll ------------------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of_paced_requests(srv: ServerProcess, count: int, gap: float) -> float:
+    """Server CPU seconds spent on COUNT requests sent GAP seconds apart on one connection."""
+    with srv.connect() as conn:
+        conn.send(build_request("GET", "/settings/echo"))
+        conn.read_final_response()
+        before = _cpu_seconds(srv.pid)
+        for _ in range(count):
+            time.sleep(gap)
+            conn.send(build_request("GET", "/settings/echo"))
+            _, response = conn.read_final_response()
+            assert response.status == 200
+        return _cpu_seconds(srv.pid) - before
+
+
+def test_busy_poll_polls_through_waits_shorter_than_its_window(servers):
+    polling = servers.start(APP, "--busy-poll", "10000")
+    sleeping = servers.start(APP, "--busy-poll", "0")
+    # 60 requests 4 ms apart: every wait is within the 10 ms window, so the polling server
+    # spends the waits polling (about 240 ms of CPU) where the other sleeps (a few ms).
+    polled = _cpu_of_paced_requests(polling, 60, 0.004)
+    slept = _cpu_of_paced_requests(sleeping, 60, 0.004)
+    assert polled > 0.1, (polled, slept)
+    assert polled > 3 * slept, (polled, slept)
+
+
+def test_busy_poll_leaves_an_idle_server_idle(servers):
+    srv = servers.start(APP, "--busy-poll", "10000")
+    # Polling on (waits within the window), then silence: the first long wait ends it.
+    _cpu_of_paced_requests(srv, 20, 0.001)
+    time.sleep(0.1)
+    before = _cpu_seconds(srv.pid)
+    time.sleep(1.0)
+    assert _cpu_seconds(srv.pid) - before < 0.05
 
 
 # -- max_http_version -----------------------------------------------------------------------------

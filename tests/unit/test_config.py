@@ -17,6 +17,7 @@ EXPECTED_DEFAULTS = {
     "backlog": 2048,
     "workers": 1,
     "threads": 64,
+    "busy_poll": 50,
     "url_scheme": "http",
     "identity": "unyoke",
     "server_name": None,

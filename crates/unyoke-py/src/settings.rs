@@ -86,6 +86,7 @@ pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<(Config, WsgiSettings)> {
     c.maximum_simultaneous_requests = get(d, "maximum_simultaneous_requests", 0usize)?;
     c.origins = networks(d, "origins")?;
     c.proxy_protocol = get(d, "proxy_protocol", false)?;
+    c.busy_poll = Duration::from_micros(get(d, "busy_poll", 50u64)?);
     let certfile: Option<String> = get(d, "certfile", None)?;
     let keyfile: Option<String> = get(d, "keyfile", None)?;
     let ca_certs: Option<String> = get(d, "ca_certs", None)?;

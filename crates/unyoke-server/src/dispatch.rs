@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::busy_poll::BusyPoll;
+
 /// The lock that application calls need (for Python: the GIL).
 ///
 /// A dispatch thread's whole life runs inside `run_thread`, holding the gate except
@@ -104,6 +106,10 @@ struct Control {
     /// Tokens of leaders displaced from a call that kept computing, still in that call:
     /// each one shares the gate with whoever leads now.
     displaced_computing: Vec<u64>,
+    /// Threads displaced from leading while in an application call, still in that call.
+    displaced: usize,
+    /// The leader drives the runtime from inside an application call (`drive`).
+    driving_in_call: bool,
     /// Wakers deferred by the leader while it ran application code outside the runtime;
     /// whoever drives the runtime next wakes them from inside it (cheap).
     pending_wakes: Vec<Waker>,
@@ -135,6 +141,8 @@ pub struct Dispatcher<J: Job> {
     takeovers_blocked: AtomicU64,
     /// Takeovers from a call that kept computing (see `stand_by` for how that is told).
     takeovers_computing: AtomicU64,
+    /// Polling before the runtime sleeps (see `busy_poll.rs`), when on and set up.
+    busy_poll: std::sync::OnceLock<BusyPoll>,
 }
 
 /// How often a lazy standby looks at the leader; a call running this long (one to two
@@ -277,6 +285,8 @@ impl<J: Job> Dispatcher<J> {
                 max_threads: max_threads.max(2),
                 leader_clock: None,
                 displaced_computing: Vec::new(),
+                displaced: 0,
+                driving_in_call: false,
                 pending_wakes: Vec::new(),
                 stopping: false,
             }),
@@ -297,6 +307,7 @@ impl<J: Job> Dispatcher<J> {
             next_slot: AtomicUsize::new(0),
             takeovers_blocked: AtomicU64::new(0),
             takeovers_computing: AtomicU64::new(0),
+            busy_poll: std::sync::OnceLock::new(),
         })
     }
 
@@ -381,18 +392,35 @@ impl<J: Job> Dispatcher<J> {
         )
     }
 
+    /// Polls the runtime's epoll instance (`epoll`) for up to `window` before the leader
+    /// sleeps, after short waits (see `busy_poll.rs`). Set once, before the runtime runs.
+    pub(crate) fn set_busy_poll(&self, epoll: std::os::fd::RawFd, window: Duration) {
+        let _ = self.busy_poll.set(BusyPoll::new(epoll, window));
+    }
+
     /// Hook for the runtime: the leader is about to sleep in the I/O driver.
     pub fn before_park(&self) {
         let mut c = self.control.lock();
         if c.leader == LeaderState::Io {
             c.leader = LeaderState::Parked;
+            // No busy polling while displaced calls run: their threads need this core
+            // when the call returns (a sleep ends, a query answers), and polling would
+            // only compete with them for it. (A poll may have the standby see a parked
+            // leader a moment longer: harmless, nothing waits on the loop then.)
+            let poll = c.displaced == 0 && !c.driving_in_call;
             drop(c);
             self.gate.release();
+            if let Some(bp) = self.busy_poll.get() {
+                bp.before_sleep(poll);
+            }
         }
     }
 
     /// Hook for the runtime: the leader woke up in the I/O driver.
     pub fn after_unpark(&self) {
+        if let Some(bp) = self.busy_poll.get() {
+            bp.after_wake();
+        }
         let parked = self.control.lock().leader == LeaderState::Parked;
         if parked {
             self.gate.acquire();
@@ -472,7 +500,11 @@ impl<J: Job> Dispatcher<J> {
         let Some(rt) = self.rt.lock().clone() else {
             return false;
         };
-        self.control.lock().leader = LeaderState::Io;
+        {
+            let mut c = self.control.lock();
+            c.leader = LeaderState::Io;
+            c.driving_in_call = true;
+        }
         // Made on the first poll: a timer needs the runtime's context.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let done = rt.block_on(poll_fn(|cx| {
@@ -488,7 +520,11 @@ impl<J: Job> Dispatcher<J> {
             }
             Poll::Pending
         }));
-        self.control.lock().leader = LeaderState::App;
+        {
+            let mut c = self.control.lock();
+            c.leader = LeaderState::App;
+            c.driving_in_call = false;
+        }
         done
     }
 
@@ -781,6 +817,9 @@ impl<J: Job> Dispatcher<J> {
                         self.takeovers_blocked.fetch_add(1, Ordering::Relaxed);
                         c.eager_until = Some(Instant::now() + EAGER_AFTER_TAKEOVER);
                     }
+                    if c.leader == LeaderState::App {
+                        c.displaced += 1;
+                    }
                     Self::become_leader(&mut c);
                     drop(c);
                     // If the call computes, the old leader is not blocked but waiting for
@@ -869,6 +908,7 @@ impl<J: Job> Dispatcher<J> {
                     // Another thread took over the runtime while this call blocked. Wakes
                     // deferred during the call are in `pending_wakes`, for the new leader.
                     c.displaced_computing.retain(|&t| t != my_token);
+                    c.displaced -= 1;
                     return;
                 }
                 c.leader = LeaderState::Io;

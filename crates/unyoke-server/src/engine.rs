@@ -62,6 +62,9 @@ pub struct Config {
     /// Expect a PROXY protocol header (v1 or v2) first on every TCP connection; the
     /// client address it carries replaces the peer's. Connections without one are closed.
     pub proxy_protocol: bool,
+    /// How long the runtime polls for events before it sleeps, after short waits (see
+    /// `busy_poll.rs`); zero: never.
+    pub busy_poll: Duration,
 }
 
 /// An IP network, e.g. `10.0.0.0/8` (an IPv4 network also matches IPv4-mapped IPv6).
@@ -144,6 +147,7 @@ impl Default for Config {
             maximum_simultaneous_requests: 0,
             tls: None,
             proxy_protocol: false,
+            busy_poll: Duration::from_micros(50),
         }
     }
 }
@@ -366,11 +370,20 @@ impl<H: Handler> Engine<H> {
         tune_allocator();
         let dispatcher: Arc<Dispatcher<Task<H>>> = Dispatcher::new(gate, config.threads);
         let (d1, d2) = (Arc::clone(&dispatcher), Arc::clone(&dispatcher));
+        let poll = !config.busy_poll.is_zero();
+        let epolls = if poll {
+            crate::busy_poll::epoll_fds()
+        } else {
+            Vec::new()
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_park(move || d1.before_park())
             .on_thread_unpark(move || d2.after_unpark())
             .build()?;
+        if let Some(epoll) = poll.then(|| crate::busy_poll::new_epoll(&epolls)).flatten() {
+            dispatcher.set_busy_poll(epoll, config.busy_poll);
+        }
         let access_log = config.access_log.clone().map(AccessLog::new);
         let policy = Arc::new(Policy {
             keepalive: config.keepalive,

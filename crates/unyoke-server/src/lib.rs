@@ -5,6 +5,7 @@
 //! application calls are run without a thread hand-off on the fast path.
 
 mod access_log;
+mod busy_poll;
 mod clock;
 mod connection;
 mod dispatch;
