@@ -195,19 +195,27 @@ impl Watch {
         self.seq == seq && self.token == c.leader_token
     }
 
-    /// Whether the call computes: its thread ran for at least half the time watched (a
-    /// call that waits, in I/O, a sleep or on a lock, runs for almost none of it; one that
-    /// computes, for nearly all of it, less what other tenants of a busy host take).
+    /// Whether the call computes: its thread ran for at least a quarter of the time
+    /// watched (a call that waits, in I/O, a sleep or on a lock, runs for almost none of
+    /// it; one that computes, for nearly all of it, less what other tenants of a busy host
+    /// take: on a core shared with one other busy thread, half, which a threshold of half
+    /// misread as waiting about every other time).
     /// `None` when it cannot be told: no CPU clock, or too short a watch. (While a
     /// displaced call shares the gate, a call waiting for the gate looks like one that
     /// waits: `stand_by` then counts every call as computing.)
     fn computing(&self, c: &Control) -> Option<bool> {
+        self.ran_for(c, 4)
+    }
+
+    /// Whether the leader's thread ran for at least 1/`part` of the time watched (`None`:
+    /// no CPU clock, or too short a watch).
+    fn ran_for(&self, c: &Control, part: u32) -> Option<bool> {
         let watched = self.since.elapsed();
         if watched < MIN_JUDGED {
             return None;
         }
         let ran = c.leader_clock?.read()?.checked_sub(self.cpu?)?;
-        Some(ran * 2 >= watched)
+        Some(ran * part >= watched)
     }
 }
 
@@ -768,9 +776,15 @@ impl<J: Job> Dispatcher<J> {
                     }
                 }
             }
-            let waiting_since = Instant::now();
+            // The wait itself is watched too: when the gate comes from a call that started
+            // during the wait (no watch of it), how much the leader's thread ran meanwhile
+            // tells a call that blocked from one switched out by force.
+            let wait_watch = {
+                let c = self.control.lock();
+                Watch::start(&c, self.job_seq.load(Ordering::Acquire))
+            };
             self.gate.acquire();
-            let waited = waiting_since.elapsed();
+            let waited = wait_watch.since.elapsed();
             let mut c = self.control.lock();
             if c.stopping {
                 c.standby = false;
@@ -784,14 +798,20 @@ impl<J: Job> Dispatcher<J> {
                     // Whether the call computes: from how much its thread ran while
                     // watched; failing that, from how the gate came: only after a switch
                     // interval means taken by force from a call that computes, not given
-                    // up by one that blocks. With a displaced call computing, the gate is
-                    // shared, and neither tells: counted as computing.
+                    // up by one that blocks. But on a busy host the standby may wake long
+                    // after a blocking call freed the gate: so not if the leader's thread
+                    // ran for less than half the wait (its I/O, then the call). (More
+                    // does not say the call computes: the I/O may be most of it.) With a
+                    // displaced call computing, the gate is shared, and none of this
+                    // tells: counted as computing.
                     let displaced = c.displaced_computing.len();
                     let computing = c.leader == LeaderState::App
                         && (displaced > 0
-                            || watched
-                                .and_then(|w| w.computing(&c))
-                                .unwrap_or(waited >= FORCED_SWITCH));
+                            || watched.and_then(|w| w.computing(&c)).unwrap_or_else(|| {
+                                waited >= FORCED_SWITCH
+                                    && (wait_watch.token != c.leader_token
+                                        || wait_watch.ran_for(&c, 2) != Some(false))
+                            }));
                     if computing && watched.is_some_and(|w| w.since.elapsed() < budget(displaced)) {
                         // An eager wait that met a computing call before its budget:
                         // watch it lazily from now on (eagerness against calls that
