@@ -14,7 +14,9 @@
 //! It is cheap where it does not help: under load the runtime rarely parks (events are
 //! already waiting), and when traffic is sparse the last waits were long, so nothing is
 //! polled. The dispatcher also skips it while application calls run on other threads (a
-//! blocking workload): those threads need the core when their call returns.
+//! blocking workload): those threads need the core when their call returns; and while
+//! the leader drives the runtime from inside a call that waits for body bytes: reading
+//! them the instant they arrive keeps TCP's receive window from growing.
 //!
 //! tokio does not expose its epoll instance; [`new_epoll`] finds it as the epoll
 //! descriptor that appeared while the runtime was built. Nothing depends on it being

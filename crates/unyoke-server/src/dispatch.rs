@@ -413,8 +413,11 @@ impl<J: Job> Dispatcher<J> {
             c.leader = LeaderState::Parked;
             // No busy polling while displaced calls run: their threads need this core
             // when the call returns (a sleep ends, a query answers), and polling would
-            // only compete with them for it. (A poll may have the standby see a parked
-            // leader a moment longer: harmless, nothing waits on the loop then.)
+            // only compete with them for it. Nor while the leader drives the runtime from
+            // inside a call (waiting for body bytes): bytes read the instant they arrive
+            // keep TCP's receive window from growing (docs/design.md). (A poll may have
+            // the standby see a parked leader a moment longer: harmless, nothing waits on
+            // the loop then.)
             let poll = c.displaced == 0 && !c.driving_in_call;
             drop(c);
             self.gate.release();
@@ -777,8 +780,8 @@ impl<J: Job> Dispatcher<J> {
                 }
             }
             // The wait itself is watched too: when the gate comes from a call that started
-            // during the wait (no watch of it), how much the leader's thread ran meanwhile
-            // tells a call that blocked from one switched out by force.
+            // during the wait (no watch of it), a leader's thread that ran for less than
+            // half the wait was not switched out by force (see below).
             let wait_watch = {
                 let c = self.control.lock();
                 Watch::start(&c, self.job_seq.load(Ordering::Acquire))
@@ -928,7 +931,7 @@ impl<J: Job> Dispatcher<J> {
                     // Another thread took over the runtime while this call blocked. Wakes
                     // deferred during the call are in `pending_wakes`, for the new leader.
                     c.displaced_computing.retain(|&t| t != my_token);
-                    c.displaced -= 1;
+                    c.displaced = c.displaced.saturating_sub(1);
                     return;
                 }
                 c.leader = LeaderState::Io;
