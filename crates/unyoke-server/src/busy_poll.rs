@@ -112,15 +112,17 @@ impl BusyPoll {
         }
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    /// `t` in nanoseconds since `origin`.
+    fn since_origin(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The runtime is about to sleep: poll first if the last waits were short and
     /// `allowed`.
     pub(crate) fn before_sleep(&self, allowed: bool) -> Polled {
         let start = Instant::now();
-        self.slept_at.store(self.now(), Ordering::Relaxed);
+        self.slept_at
+            .store(self.since_origin(start), Ordering::Relaxed);
         if !allowed || self.short_waits.load(Ordering::Relaxed) < SHORT_WAITS {
             return Polled::Skipped;
         }
@@ -147,7 +149,7 @@ impl BusyPoll {
     /// The runtime woke up: count the wait if it was short.
     pub(crate) fn after_wake(&self) {
         let waited = self
-            .now()
+            .since_origin(Instant::now())
             .saturating_sub(self.slept_at.load(Ordering::Relaxed));
         let short = u128::from(waited) <= self.window.as_nanos();
         let n = self.short_waits.load(Ordering::Relaxed);
