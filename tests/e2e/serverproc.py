@@ -268,6 +268,12 @@ class ServerProcess:
                     return int(line.split()[1])
         raise AssertionError("no VmRSS line")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process (all its threads) so far."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def _accepts(address: rawhttp.Address) -> bool:
     try:

@@ -16,7 +16,6 @@ The attack functions take their scale as arguments so scripts/hostile.py reuses 
 
 from __future__ import annotations
 
-import os
 import socket
 import statistics
 import threading
@@ -36,21 +35,6 @@ PROBE_INTERVAL = 0.02
 
 
 # -- measuring -------------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_get(address: Tuple[str, int], target: str = "/hello", timeout: float = 10.0) -> float:
@@ -255,8 +239,8 @@ def run_attack(
     address = server.address
     assert isinstance(address, tuple)
     quiet = quiet_p99(address, quiet_seconds)
-    rss_before = rss_kib(server.pid)
-    cpu_before = cpu_seconds(server.pid)
+    rss_before = server.rss_kib()
+    cpu_before = server.cpu_seconds()
     stop = threading.Event()
     closed: List[int] = []
     attacker = threading.Thread(
@@ -267,10 +251,10 @@ def run_attack(
     peak = rss_before
     with Probe(address) as probe:
         while attacker.is_alive():
-            peak = max(peak, rss_kib(server.pid))
+            peak = max(peak, server.rss_kib())
             attacker.join(0.5)
     stop.set()
-    cpu = cpu_seconds(server.pid) - cpu_before
+    cpu = server.cpu_seconds() - cpu_before
     time.sleep(0.5)
     result = AttackResult(
         name,
@@ -282,7 +266,7 @@ def run_attack(
         probe.failures,
         rss_before,
         peak,
-        rss_kib(server.pid),
+        server.rss_kib(),
         cpu,
         closed[0] if closed else -1,
     )
@@ -345,9 +329,9 @@ def test_emfile_on_accept_does_not_spin(servers):
     socks = _connect_many(address, limit * 2)  # more than the server may hold open
     try:
         time.sleep(1.0)
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before = server.cpu_seconds()
         time.sleep(4.0)
-        spent = cpu_seconds(server.pid) - cpu_before
+        spent = server.cpu_seconds() - cpu_before
         print(
             f"\nEMFILE: {limit * 2} connections over a limit of {limit} fds: "
             f"server CPU {spent:.3f}s in 4s"

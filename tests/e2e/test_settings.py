@@ -15,7 +15,6 @@ that it is the catalogue.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
 import threading
@@ -433,25 +432,18 @@ def test_keepalive_off_closes_after_one_response(servers):
 # -- busy_poll ------------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat, clock ticks)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_of_paced_requests(srv: ServerProcess, count: int, gap: float) -> float:
     """Server CPU seconds spent on COUNT requests sent GAP seconds apart on one connection."""
     with srv.connect() as conn:
         conn.send(build_request("GET", "/settings/echo"))
         conn.read_final_response()
-        before = _cpu_seconds(srv.pid)
+        before = srv.cpu_seconds()
         for _ in range(count):
             time.sleep(gap)
             conn.send(build_request("GET", "/settings/echo"))
             _, response = conn.read_final_response()
             assert response.status == 200
-        return _cpu_seconds(srv.pid) - before
+        return srv.cpu_seconds() - before
 
 
 def test_busy_poll_polls_through_waits_shorter_than_its_window(servers):
@@ -470,9 +462,9 @@ def test_busy_poll_leaves_an_idle_server_idle(servers):
     # Polling on (waits within the window), then silence: the first long wait ends it.
     _cpu_of_paced_requests(srv, 20, 0.001)
     time.sleep(0.1)
-    before = _cpu_seconds(srv.pid)
+    before = srv.cpu_seconds()
     time.sleep(1.0)
-    assert _cpu_seconds(srv.pid) - before < 0.05
+    assert srv.cpu_seconds() - before < 0.05
 
 
 # -- max_http_version -----------------------------------------------------------------------------
