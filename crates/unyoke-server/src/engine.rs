@@ -370,18 +370,14 @@ impl<H: Handler> Engine<H> {
         tune_allocator();
         let dispatcher: Arc<Dispatcher<Task<H>>> = Dispatcher::new(gate, config.threads);
         let (d1, d2) = (Arc::clone(&dispatcher), Arc::clone(&dispatcher));
-        let poll = !config.busy_poll.is_zero();
-        let epolls = if poll {
-            crate::busy_poll::epoll_fds()
-        } else {
-            Vec::new()
-        };
+        // The epoll instances open before the runtime is built: tokio's is the new one.
+        let epolls = (!config.busy_poll.is_zero()).then(crate::busy_poll::epoll_fds);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_park(move || d1.before_park())
             .on_thread_unpark(move || d2.after_unpark())
             .build()?;
-        if let Some(epoll) = poll.then(|| crate::busy_poll::new_epoll(&epolls)).flatten() {
+        if let Some(epoll) = epolls.and_then(|before| crate::busy_poll::new_epoll(&before)) {
             dispatcher.set_busy_poll(epoll, config.busy_poll);
         }
         let access_log = config.access_log.clone().map(AccessLog::new);
