@@ -268,6 +268,20 @@ class ServerProcess:
                     return int(line.split()[1])
         raise AssertionError("no VmRSS line")
 
+    def wakeups(self) -> int:
+        """Voluntary context switches of all the server process's threads so far: each is
+        a thread going to sleep, so this counts how often they were woken."""
+        total = 0
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{task}/status") as status:
+                    for line in status:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+            except FileNotFoundError:  # the thread exited meanwhile
+                pass
+        return total
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process (all its threads) so far."""
         with open(f"/proc/{self.pid}/stat") as stat:

@@ -246,6 +246,28 @@ def test_a_computing_app_does_not_stall_other_connections(server):
     assert_quick_request_answered_during(server, "spin", "spun")
 
 
+def test_an_idle_server_sleeps(servers):
+    """With nothing to do, the server's threads wake only for its housekeeping (the Date
+    clock, every 100 ms) and the check for signals (every 50 ms): about 40 times a second.
+    A standby that kept looking at the idle leader every 4 ms woke ~270 times a second."""
+    srv = servers.start(APP)
+    assert srv.get("/quick").status == 200
+    time.sleep(1.0)  # the standby watches for 400 ms after the last call, then sleeps
+    before = srv.wakeups()
+    time.sleep(2.0)
+    woken = srv.wakeups() - before
+    assert woken < 200, f"{woken} wake-ups in 2 s of idleness"
+
+
+def test_a_blocking_call_after_a_long_idle_does_not_stall_others(servers):
+    """The standby of an idle server sleeps until a call starts; the call that ends the
+    idleness must still be watched, and taken over when it blocks."""
+    srv = servers.start(APP)
+    assert srv.get("/quick").status == 200
+    time.sleep(1.0)
+    assert_quick_request_answered_during(srv, "sleep", "slept")
+
+
 def test_blocking_requests_run_concurrently_with_default_settings(server):
     """Ten requests sleeping 1 s each: serialised they would take 10 s."""
     results: List[int] = []

@@ -83,6 +83,20 @@ enum LeaderState {
     App,
 }
 
+/// Whether the standby sleeps on `standby_cv`, and what wakes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StandbySleep {
+    Awake,
+    /// An eager standby that found the leader parked: until the leader wakes up, when it
+    /// goes back to waiting for the gate.
+    UntilUnpark,
+    /// A lazy standby after a long idle: until a call starts (or the leader is gone). The
+    /// leader's own wake-ups leave it asleep: an idle server's housekeeping wakes the
+    /// leader every 100 ms, and a standby woken by each went back to its 4 ms ticks for
+    /// another `LAZY_IDLE_TICKS` (~240 wake-ups a second on an idle server, measured).
+    UntilCall,
+}
+
 struct Control {
     leader: LeaderState,
     /// Identity of the current leader (a counter, so a displaced leader can tell).
@@ -92,8 +106,8 @@ struct Control {
     standby: bool,
     /// Until when the standby watches eagerly (see `stand_by`); set by takeovers.
     eager_until: Option<Instant>,
-    /// The standby saw the leader parked and waits on `standby_cv` for it to wake.
-    standby_sleeping: bool,
+    /// Whether the standby sleeps on `standby_cv`, and until what.
+    standby_sleep: StandbySleep,
     /// Threads waiting in `idle_cv` for a role.
     idle: usize,
     /// How many idle threads have been asked to become standby or leader.
@@ -152,7 +166,7 @@ pub struct Dispatcher<J: Job> {
 /// that blocks is still taken over within 4-8 ms, about the interpreter's own switch
 /// interval (5 ms).
 const LAZY_TICK: Duration = Duration::from_millis(4);
-/// Ticks of a parked leader after which a lazy standby sleeps until woken.
+/// Ticks of a parked leader after which a lazy standby sleeps until a call starts.
 const LAZY_IDLE_TICKS: u32 = 100;
 /// How long the standby stays eager after a takeover.
 const EAGER_AFTER_TAKEOVER: Duration = Duration::from_millis(200);
@@ -286,7 +300,7 @@ impl<J: Job> Dispatcher<J> {
                 next_token: 1,
                 standby: false,
                 eager_until: None,
-                standby_sleeping: false,
+                standby_sleep: StandbySleep::Awake,
                 idle: 0,
                 summoned: 0,
                 threads: 0,
@@ -437,8 +451,8 @@ impl<J: Job> Dispatcher<J> {
             self.gate.acquire();
             let mut c = self.control.lock();
             c.leader = LeaderState::Io;
-            if c.standby_sleeping {
-                c.standby_sleeping = false;
+            if c.standby_sleep == StandbySleep::UntilUnpark {
+                c.standby_sleep = StandbySleep::Awake;
                 self.standby_cv.notify_one();
             }
         }
@@ -533,7 +547,7 @@ impl<J: Job> Dispatcher<J> {
         }));
         {
             let mut c = self.control.lock();
-            c.leader = LeaderState::App;
+            self.enter_call(&mut c);
             c.driving_in_call = false;
         }
         done
@@ -598,7 +612,10 @@ impl<J: Job> Dispatcher<J> {
             let mut c = self.control.lock();
             c.threads -= 1;
             match role {
-                Role::Leader => c.leader = LeaderState::Absent,
+                Role::Leader => {
+                    c.leader = LeaderState::Absent;
+                    self.wake_sleeping_standby(&mut c);
+                }
                 Role::Standby => c.standby = false,
                 Role::Idle | Role::Stop => {}
             }
@@ -630,6 +647,21 @@ impl<J: Job> Dispatcher<J> {
         let mut c = self.control.lock();
         c.threads -= 1;
         self.exit_cv.notify_all();
+    }
+
+    /// The leader starts (or goes back to) an application call: a standby asleep for
+    /// want of calls has one to watch now.
+    fn enter_call(&self, c: &mut Control) {
+        c.leader = LeaderState::App;
+        self.wake_sleeping_standby(c);
+    }
+
+    /// Wakes a standby asleep until a call starts.
+    fn wake_sleeping_standby(&self, c: &mut Control) {
+        if c.standby_sleep == StandbySleep::UntilCall {
+            c.standby_sleep = StandbySleep::Awake;
+            self.standby_cv.notify_one();
+        }
     }
 
     /// Makes the calling thread the leader.
@@ -767,12 +799,16 @@ impl<J: Job> Dispatcher<J> {
                         idle_ticks = 0;
                     }
                     if idle_ticks > LAZY_IDLE_TICKS {
-                        // Long idle: sleep until the leader wakes up (it notifies).
-                        c.standby_sleeping = true;
-                        while c.standby_sleeping && !c.stopping && c.leader == LeaderState::Parked {
+                        // Long idle: sleep until a call starts (the leader notifies); its
+                        // wake-ups for I/O or timers alone have nothing to watch.
+                        c.standby_sleep = StandbySleep::UntilCall;
+                        while c.standby_sleep == StandbySleep::UntilCall
+                            && !c.stopping
+                            && matches!(c.leader, LeaderState::Parked | LeaderState::Io)
+                        {
                             self.standby_cv.wait(&mut c);
                         }
-                        c.standby_sleeping = false;
+                        c.standby_sleep = StandbySleep::Awake;
                         idle_ticks = 0;
                     } else {
                         self.standby_cv.wait_for(&mut c, LAZY_TICK);
@@ -856,14 +892,17 @@ impl<J: Job> Dispatcher<J> {
                 }
                 LeaderState::Parked if still_eager => {
                     // Nothing runs; sleep until the leader wakes up.
-                    c.standby_sleeping = true;
+                    c.standby_sleep = StandbySleep::UntilUnpark;
                     drop(c);
                     self.gate.release();
                     let mut c = self.control.lock();
-                    while c.standby_sleeping && !c.stopping && c.leader == LeaderState::Parked {
+                    while c.standby_sleep == StandbySleep::UntilUnpark
+                        && !c.stopping
+                        && c.leader == LeaderState::Parked
+                    {
                         self.standby_cv.wait(&mut c);
                     }
-                    c.standby_sleeping = false;
+                    c.standby_sleep = StandbySleep::Awake;
                 }
                 _ => {
                     // A gate lent by a busy leader, a forced switch, or a lazy check that
@@ -917,7 +956,7 @@ impl<J: Job> Dispatcher<J> {
                 };
                 let Some(job) = job else { break };
                 self.job_seq.fetch_add(1, Ordering::Release);
-                self.control.lock().leader = LeaderState::App;
+                self.enter_call(&mut self.control.lock());
                 let slot = self.slot();
                 if let (Some(slot), Some(subject)) = (slot, job.subject()) {
                     *slot.lock() = Some((crate::clock::coarse_now(), subject));
