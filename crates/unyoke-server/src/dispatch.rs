@@ -93,7 +93,8 @@ enum StandbySleep {
     /// A lazy standby after a long idle: until a call starts (or the leader is gone). The
     /// leader's own wake-ups leave it asleep: an idle server's housekeeping wakes the
     /// leader every 100 ms, and a standby woken by each went back to its 4 ms ticks for
-    /// another `LAZY_IDLE_TICKS` (~240 wake-ups a second on an idle server, measured).
+    /// another `LAZY_IDLE_TICKS` (~220 wake-ups a second of the standby on an idle
+    /// server, measured; docs/design.md).
     UntilCall,
 }
 
