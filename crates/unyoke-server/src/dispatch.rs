@@ -25,7 +25,7 @@ use std::task::{Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::busy_poll::BusyPoll;
 
@@ -96,6 +96,17 @@ enum StandbySleep {
     /// another `LAZY_IDLE_TICKS` (~220 wake-ups a second of the standby on an idle
     /// server, measured; docs/design.md).
     UntilCall,
+}
+
+impl StandbySleep {
+    /// Whether a standby asleep for this reason sleeps on while the leader is in `leader`.
+    fn lasts(self, leader: LeaderState) -> bool {
+        match self {
+            StandbySleep::Awake => false,
+            StandbySleep::UntilUnpark => leader == LeaderState::Parked,
+            StandbySleep::UntilCall => matches!(leader, LeaderState::Parked | LeaderState::Io),
+        }
+    }
 }
 
 struct Control {
@@ -452,10 +463,7 @@ impl<J: Job> Dispatcher<J> {
             self.gate.acquire();
             let mut c = self.control.lock();
             c.leader = LeaderState::Io;
-            if c.standby_sleep == StandbySleep::UntilUnpark {
-                c.standby_sleep = StandbySleep::Awake;
-                self.standby_cv.notify_one();
-            }
+            self.wake_standby(&mut c, StandbySleep::UntilUnpark);
         }
     }
 
@@ -615,7 +623,7 @@ impl<J: Job> Dispatcher<J> {
             match role {
                 Role::Leader => {
                     c.leader = LeaderState::Absent;
-                    self.wake_sleeping_standby(&mut c);
+                    self.wake_standby(&mut c, StandbySleep::UntilCall);
                 }
                 Role::Standby => c.standby = false,
                 Role::Idle | Role::Stop => {}
@@ -654,15 +662,24 @@ impl<J: Job> Dispatcher<J> {
     /// want of calls has one to watch now.
     fn enter_call(&self, c: &mut Control) {
         c.leader = LeaderState::App;
-        self.wake_sleeping_standby(c);
+        self.wake_standby(c, StandbySleep::UntilCall);
     }
 
-    /// Wakes a standby asleep until a call starts.
-    fn wake_sleeping_standby(&self, c: &mut Control) {
-        if c.standby_sleep == StandbySleep::UntilCall {
+    /// Wakes the standby if it sleeps for `reason`.
+    fn wake_standby(&self, c: &mut Control, reason: StandbySleep) {
+        if c.standby_sleep == reason {
             c.standby_sleep = StandbySleep::Awake;
             self.standby_cv.notify_one();
         }
+    }
+
+    /// The standby, having set `standby_sleep` to `reason` (see [`StandbySleep`]), sleeps
+    /// on `standby_cv` until woken for it, the leader's state ends it, or the pool stops.
+    fn standby_wait(&self, c: &mut MutexGuard<'_, Control>, reason: StandbySleep) {
+        while c.standby_sleep == reason && !c.stopping && reason.lasts(c.leader) {
+            self.standby_cv.wait(c);
+        }
+        c.standby_sleep = StandbySleep::Awake;
     }
 
     /// Makes the calling thread the leader.
@@ -803,13 +820,7 @@ impl<J: Job> Dispatcher<J> {
                         // Long idle: sleep until a call starts (the leader notifies); its
                         // wake-ups for I/O or timers alone have nothing to watch.
                         c.standby_sleep = StandbySleep::UntilCall;
-                        while c.standby_sleep == StandbySleep::UntilCall
-                            && !c.stopping
-                            && matches!(c.leader, LeaderState::Parked | LeaderState::Io)
-                        {
-                            self.standby_cv.wait(&mut c);
-                        }
-                        c.standby_sleep = StandbySleep::Awake;
+                        self.standby_wait(&mut c, StandbySleep::UntilCall);
                         idle_ticks = 0;
                     } else {
                         self.standby_cv.wait_for(&mut c, LAZY_TICK);
@@ -896,14 +907,7 @@ impl<J: Job> Dispatcher<J> {
                     c.standby_sleep = StandbySleep::UntilUnpark;
                     drop(c);
                     self.gate.release();
-                    let mut c = self.control.lock();
-                    while c.standby_sleep == StandbySleep::UntilUnpark
-                        && !c.stopping
-                        && c.leader == LeaderState::Parked
-                    {
-                        self.standby_cv.wait(&mut c);
-                    }
-                    c.standby_sleep = StandbySleep::Awake;
+                    self.standby_wait(&mut self.control.lock(), StandbySleep::UntilUnpark);
                 }
                 _ => {
                     // A gate lent by a busy leader, a forced switch, or a lazy check that
