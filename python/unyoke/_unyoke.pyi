@@ -18,8 +18,15 @@ class Engine:
         the table in unyoke.config, defaults filled in. Raises ValueError or OSError.
         """
 
-    def run(self) -> None:
-        """Serve until shutdown completes; re-raises an exception a signal handler raised."""
+    def run(self, check_signals_every: float = 0.05) -> None:
+        """Serve until shutdown completes; re-raises an exception a signal handler raised.
+
+        Pending signal handlers run every ``check_signals_every`` seconds, and at once
+        after :meth:`signal_arrived`.
+        """
+
+    def signal_arrived(self) -> None:
+        """Have ``run()`` run pending signal handlers now. Thread-safe."""
 
     def shutdown(self, grace: float = 30.0) -> None:
         """Stop accepting and let requests in flight finish for up to ``grace`` seconds.

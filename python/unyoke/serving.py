@@ -21,7 +21,7 @@ from .listeners import (
     open_listeners,
     release_sockets,
 )
-from .signals import ShutdownOnSignal
+from .signals import CHECK_SIGNALS_EVERY, ShutdownOnSignal
 
 if TYPE_CHECKING:
     from ._unyoke import Engine
@@ -88,9 +88,9 @@ def serve_listeners(app: WSGIApp, listeners: List[Listener], values: Dict[str, A
     try:
         with signals if on_main_thread else contextlib.nullcontext(signals):
             engine = _start_engine(app, listeners, values)
-            signals.attach(engine.shutdown)
+            signals.attach(engine.shutdown, engine.signal_arrived)
             _announce(listeners, values)
-            engine.run()
+            engine.run(check_signals_every=CHECK_SIGNALS_EVERY)
     finally:
         close_listeners(listeners)
     log.info("unyoke stopped")
@@ -243,7 +243,8 @@ class Server:
     def _run(self) -> None:
         assert self._engine is not None
         try:
-            self._engine.run()
+            # Off the main thread no signal handler runs here: the checks are idle wake-ups.
+            self._engine.run(check_signals_every=CHECK_SIGNALS_EVERY)
         except BaseException as error:  # handed to the thread that calls stop()
             self._error = error
 

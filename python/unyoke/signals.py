@@ -1,10 +1,15 @@
 """SIGINT and SIGTERM: stop the engine gracefully, as soon as the signal arrives.
 
-While the engine runs, Python signal handlers run only when it checks for them (about
-every 50 ms). To stop accepting at once, the handlers' wake-up file descriptor
-(:func:`signal.set_wakeup_fd`, written by CPython's C-level handler as the signal arrives)
-is also watched by a thread, which calls the thread-safe ``engine.shutdown()`` itself.
-Whichever of the two sees a signal first acts on it; the other then has nothing to do.
+While the engine runs, the main thread sleeps in it, and Python signal handlers run only
+when it wakes to check for them. CPython's C-level handler writes each signal's number to
+the wake-up file descriptor (:func:`signal.set_wakeup_fd`) as the signal arrives; a thread
+watches it, calls the thread-safe ``engine.shutdown()`` itself for SIGINT and SIGTERM (to
+stop accepting at once), and for any signal has the engine wake the main thread to run
+the handlers (``engine.signal_arrived()``). So the main thread needs no frequent check
+(an idle server's main thread woke 20 times a second for one every 50 ms): it checks
+every :data:`CHECK_SIGNALS_EVERY` only in case a wake-up is missed. Whichever of the
+handler and the watcher sees a shutdown signal first acts on it; the other then has
+nothing to do.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ log = logging.getLogger(LOGGER_NAME)
 #: The signals that stop the server.
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+#: How often the engine checks for pending signal handlers besides when woken for one
+#: (seconds): a fallback, e.g. for a signal whose wake-up byte did not fit in the buffer.
+CHECK_SIGNALS_EVERY = 1.0
+
 _Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
 _STOP_WATCHING = b"\0"  # no signal has number 0
 
@@ -39,6 +48,7 @@ class ShutdownOnSignal:
     def __init__(self, grace: float) -> None:
         self._grace = grace
         self._shutdown: Optional[Callable[[float], None]] = None
+        self._signal_arrived: Optional[Callable[[], None]] = None
         self._lock = threading.Lock()
         # How many shutdown signals the handler and the watcher have each seen, and how
         # many were acted on (the most either has seen, as each signal reaches both).
@@ -56,10 +66,16 @@ class ShutdownOnSignal:
         """How many shutdown signals were acted on."""
         return self._acted
 
-    def attach(self, shutdown: Callable[[float], None]) -> None:
-        """Give the engine's ``shutdown``; calls it now if a signal came already."""
+    def attach(
+        self,
+        shutdown: Callable[[float], None],
+        signal_arrived: Optional[Callable[[], None]] = None,
+    ) -> None:
+        """Give the engine's ``shutdown`` (called now if a signal came already) and its
+        ``signal_arrived`` (called for every signal from then on)."""
         with self._lock:
             self._shutdown = shutdown
+            self._signal_arrived = signal_arrived
             pending, self._pending = self._pending, []
         for index, name in enumerate(pending):
             self._stop(name, first=index == 0)
@@ -106,6 +122,10 @@ class ShutdownOnSignal:
                     self._saw_by_watcher(signum)
             if not data or _STOP_WATCHING[0] in data:
                 return
+            with self._lock:
+                signal_arrived = self._signal_arrived
+            if signal_arrived is not None:
+                signal_arrived()
 
     def _saw_by_watcher(self, signum: int) -> None:
         self._saw("watcher", signum)

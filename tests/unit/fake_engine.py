@@ -34,10 +34,13 @@ class FakeEngine:
         self.shutdown_threads: List[str] = []
         self.stopped = threading.Event()
         self.ran = False
+        self.check_signals_every: Optional[float] = None
+        self.signals_arrived = 0
         FakeEngine.instances.append(self)
 
-    def run(self) -> None:
+    def run(self, check_signals_every: float = 0.05) -> None:
         self.ran = True
+        self.check_signals_every = check_signals_every
         try:
             if FakeEngine.on_run is not None:
                 FakeEngine.on_run(self)
@@ -54,6 +57,9 @@ class FakeEngine:
         self.shutdown_threads.append(threading.current_thread().name)
         if len(self.graces) >= FakeEngine.stop_after:
             self.stopped.set()
+
+    def signal_arrived(self) -> None:
+        self.signals_arrived += 1
 
     def stats(self) -> dict[str, int]:
         return {"open_connections": 0, "requests_in_flight": 0, "requests_total": 0}

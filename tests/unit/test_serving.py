@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -15,7 +16,7 @@ import pytest
 import unyoke
 from unyoke import ConfigError, StartupError, UnknownSettingError
 from unyoke.listeners import UNIX_SOCKET_MODE
-from unyoke.signals import ShutdownOnSignal
+from unyoke.signals import CHECK_SIGNALS_EVERY, ShutdownOnSignal
 
 from .fake_engine import FakeEngine, send_signal_soon, stop_at_once
 
@@ -228,8 +229,8 @@ def test_serve_until_sigint(fake_engine: type[FakeEngine]) -> None:
 def test_signal_acts_without_waiting_for_python_handlers(
     fake_engine: type[FakeEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The engine runs Python signal handlers only every 50 ms; the wake-up fd watcher
-    # calls shutdown() from its own thread as the signal arrives. Here it is the only path.
+    # The wake-up fd watcher calls shutdown() from its own thread as the signal arrives,
+    # without waiting for the main thread to run the handler. Here it is the only path.
     monkeypatch.setattr(ShutdownOnSignal, "_on_signal", lambda self, signum, frame: None)
     fake_engine.on_run = send_signal_soon(signal.SIGTERM)
     unyoke.serve(app, port=0)
@@ -244,6 +245,36 @@ def test_signal_acts_through_the_handler_alone(
     fake_engine.on_run = send_signal_soon(signal.SIGINT)
     unyoke.serve(app, port=0)
     assert fake_engine.instances[0].shutdown_threads == ["MainThread"]
+
+
+def test_any_signal_has_the_engine_run_handlers_now(
+    fake_engine: type[FakeEngine],
+) -> None:
+    # The engine checks for pending handlers only every CHECK_SIGNALS_EVERY; for every
+    # signal that arrives, the watcher has it check at once (signal_arrived()), so that
+    # the application's own handlers, here SIGUSR1's, are not late.
+    handled: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(signum))
+
+    def hook(engine: FakeEngine) -> None:
+        def send() -> None:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while engine.signals_arrived == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            engine.shutdown(1.0)
+
+        threading.Timer(0.05, send).start()
+
+    fake_engine.on_run = hook
+    try:
+        unyoke.serve(app, port=0)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    (engine,) = fake_engine.instances
+    assert engine.signals_arrived >= 1
+    assert engine.check_signals_every == CHECK_SIGNALS_EVERY
+    assert handled == [signal.SIGUSR1]  # the fake engine lets the main thread run it
 
 
 def test_each_signal_acts_once(fake_engine: type[FakeEngine]) -> None:

@@ -79,12 +79,20 @@ impl Engine {
         Ok(Engine { inner })
     }
 
-    /// Serves until shutdown completes. Runs pending signal handlers about every 50 ms;
-    /// if one raises, shuts down at once and re-raises.
-    fn run(&self, py: Python<'_>) -> PyResult<()> {
+    /// Serves until shutdown completes. Runs pending signal handlers every
+    /// `check_signals_every` seconds, and at once after `signal_arrived()`; if one raises,
+    /// shuts down at once and re-raises.
+    #[pyo3(signature = (check_signals_every = 0.05))]
+    fn run(&self, py: Python<'_>, check_signals_every: f64) -> PyResult<()> {
+        if !(check_signals_every.is_finite() && check_signals_every > 0.0) {
+            return Err(PyValueError::new_err(
+                "check_signals_every must be a positive number of seconds",
+            ));
+        }
+        let every = Duration::from_secs_f64(check_signals_every.min(3600.0));
         let mut raised: Option<PyErr> = None;
         let result = py.allow_threads(|| {
-            self.inner.run(|| {
+            self.inner.run(every, || {
                 Python::with_gil(|py| match py.check_signals() {
                     Ok(()) => true,
                     Err(e) => {
@@ -98,6 +106,12 @@ impl Engine {
             return Err(e);
         }
         result.map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// A signal arrived: `run()` runs the pending signal handlers now instead of at its
+    /// next check (they run only on the thread in `run()`, the main thread). Thread-safe.
+    fn signal_arrived(&self) {
+        self.inner.tick_now();
     }
 
     /// Stops accepting; requests in flight get `grace` seconds; then `run()` returns.

@@ -323,8 +323,17 @@ pub(crate) struct Shared<H: Handler> {
     /// Exchanges of finished requests, for the next ones.
     pub(crate) exchanges: ExchangePool<H::State>,
     next_conn_id: AtomicU64,
-    done: Mutex<bool>,
-    done_cv: Condvar,
+    /// What the thread in [`Engine::run`] waits for.
+    run_state: Mutex<RunState>,
+    run_cv: Condvar,
+}
+
+/// What wakes the thread in [`Engine::run`]: the end of shutdown, or a request to call
+/// its `tick` now ([`Engine::tick_now`]).
+#[derive(Default)]
+struct RunState {
+    done: bool,
+    tick_now: bool,
 }
 
 impl<H: Handler> Shared<H> {
@@ -346,8 +355,8 @@ impl<H: Handler> Shared<H> {
     }
 
     fn finish(&self) {
-        *self.done.lock() = true;
-        self.done_cv.notify_all();
+        self.run_state.lock().done = true;
+        self.run_cv.notify_all();
     }
 }
 
@@ -405,8 +414,8 @@ impl<H: Handler> Engine<H> {
             dispatcher,
             exchanges: ExchangePool::new(waking, vacant),
             next_conn_id: AtomicU64::new(1),
-            done: Mutex::new(false),
-            done_cv: Condvar::new(),
+            run_state: Mutex::new(RunState::default()),
+            run_cv: Condvar::new(),
         });
         Ok(Engine {
             shared,
@@ -416,10 +425,10 @@ impl<H: Handler> Engine<H> {
         })
     }
 
-    /// Serves until shutdown completes. `tick` is called about every 50 ms on the calling
-    /// thread (e.g. to run signal handlers); if it returns false, shutdown starts with no
-    /// grace period.
-    pub fn run(&self, mut tick: impl FnMut() -> bool) -> io::Result<()> {
+    /// Serves until shutdown completes. `tick` is called on the calling thread (e.g. to
+    /// run signal handlers) every `tick_every`, and at once after [`Engine::tick_now`];
+    /// if it returns false, shutdown starts with no grace period.
+    pub fn run(&self, tick_every: Duration, mut tick: impl FnMut() -> bool) -> io::Result<()> {
         let listeners = self
             .listeners
             .lock()
@@ -439,28 +448,37 @@ impl<H: Handler> Engine<H> {
         self.rt
             .spawn(Arc::clone(&self.shared.dispatcher).gate_yielder());
         self.shared.dispatcher.start(Arc::clone(&self.rt));
-        let mut done = self.shared.done.lock();
-        while !*done {
-            let timed_out = self
-                .shared
-                .done_cv
-                .wait_for(&mut done, Duration::from_millis(50))
-                .timed_out();
-            if timed_out && !*done {
-                drop(done);
+        let mut state = self.shared.run_state.lock();
+        while !state.done {
+            let timed_out = !state.tick_now
+                && self
+                    .shared
+                    .run_cv
+                    .wait_for(&mut state, tick_every)
+                    .timed_out();
+            if (timed_out || state.tick_now) && !state.done {
+                state.tick_now = false;
+                drop(state);
                 if !tick() {
                     self.shutdown(Duration::ZERO);
                 }
-                done = self.shared.done.lock();
+                state = self.shared.run_state.lock();
             }
         }
-        drop(done);
+        drop(state);
         self.shared.dispatcher.stop();
         self.shared.dispatcher.join(Duration::from_secs(2));
         if let Some(log) = &self.shared.access_log {
             log.flush();
         }
         Ok(())
+    }
+
+    /// Has the thread in [`Engine::run`] call its `tick` now rather than at the next
+    /// interval: a signal arrived, and its handler has to run on that thread. Thread-safe.
+    pub fn tick_now(&self) {
+        self.shared.run_state.lock().tick_now = true;
+        self.shared.run_cv.notify_all();
     }
 
     /// Stops accepting; requests in flight get `grace` to finish; idle connections close.

@@ -1065,6 +1065,23 @@ fn shutdown_with_no_grace_returns_promptly() {
     drop(sleeper);
 }
 
+#[test]
+fn tick_now_has_run_call_its_tick_at_once() {
+    // The tick (the binding's check for signal handlers) is due every hour here: only
+    // tick_now can make it run within the test.
+    let server = Server::start(test_config());
+    for expected in 1..=2 {
+        server.engine.tick_now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.ticks.load(Ordering::SeqCst) < expected {
+            assert!(Instant::now() < deadline, "tick {expected} did not run");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert_eq!(server.ticks.load(Ordering::SeqCst), 2);
+    server.stop();
+}
+
 // ----- 11. Expect: 100-continue -----
 
 #[test]

@@ -446,6 +446,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub probe: Arc<Probe>,
     pub gate: Arc<TestGate>,
+    /// How many times `run` called its tick (every hour, or at once after `tick_now`).
+    pub ticks: Arc<AtomicUsize>,
     done: mpsc::Receiver<io::Result<()>>,
     finished: bool,
 }
@@ -502,10 +504,16 @@ impl Server {
             Arc::new(Engine::new(config, listeners, handler, gate_dyn).expect("Engine::new"));
         let (tx, done) = mpsc::channel();
         let runner = Arc::clone(&engine);
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&ticks);
         thread::Builder::new()
             .name("engine-run".into())
             .spawn(move || {
-                let _ = tx.send(runner.run(|| true));
+                let tick = || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    true
+                };
+                let _ = tx.send(runner.run(Duration::from_secs(3600), tick));
             })
             .expect("spawn the engine thread");
         Server {
@@ -513,6 +521,7 @@ impl Server {
             addr,
             probe,
             gate,
+            ticks,
             done,
             finished: false,
         }
