@@ -1,7 +1,7 @@
 //! The engine: configuration, the runtime, the accept loops, shutdown and statistics.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -311,6 +311,9 @@ pub(crate) struct Shared<H: Handler> {
     pub(crate) stats: Counters,
     pub(crate) policy: Arc<Policy>,
     pub(crate) stop_notify: Notify,
+    /// The housekeeping task sleeps until a connection comes (see [`housekeeping`]).
+    housekeeping_asleep: AtomicBool,
+    housekeeping_wake: Notify,
     /// Slots for requests in progress, when `maximum_simultaneous_requests` is set.
     pub(crate) request_slots: Option<Arc<Semaphore>>,
     /// Idle connections set aside.
@@ -406,6 +409,8 @@ impl<H: Handler> Engine<H> {
             stats: Counters::default(),
             policy,
             stop_notify: Notify::new(),
+            housekeeping_asleep: AtomicBool::new(false),
+            housekeeping_wake: Notify::new(),
             request_slots,
             idle: IdlePool::new(max_size)?,
             buffers: Default::default(),
@@ -559,8 +564,25 @@ fn tune_allocator() {
 async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
     let mut last_refresh = tokio::time::Instant::now();
     let mut last_sweep = last_refresh;
+    let mut quiet_ticks = 0u32;
     loop {
         let busy = shared.stats.in_flight.load(Ordering::Relaxed) > 0;
+        if busy || shared.stats.open.load(Ordering::Relaxed) > 0 {
+            quiet_ticks = 0;
+        } else {
+            quiet_ticks += 1;
+        }
+        if quiet_ticks > QUIET_TICKS_BEFORE_SLEEP {
+            // No connection, no call, for a while (long enough for the sweep to have
+            // trimmed after the last ones): nothing to refresh, flush or sweep until a
+            // connection comes, and the accept loop wakes this task (and refreshes the
+            // date) when one does. Ticking on, an idle worker woke 10 times a second.
+            // (Tasks share one runtime thread at a time: the accept loop cannot run
+            // between this flag and the wait.)
+            shared.housekeeping_asleep.store(true, Ordering::Relaxed);
+            shared.housekeeping_wake.notified().await;
+            quiet_ticks = 0;
+        }
         tokio::time::sleep(Duration::from_millis(if busy { 5 } else { 100 })).await;
         if busy {
             // Lets a thread that finished a blocking call have the gate even when the
@@ -582,6 +604,10 @@ async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
         }
     }
 }
+
+/// Housekeeping ticks (100 ms each) with no connection open and no call in flight
+/// before it sleeps until a connection comes: 1 s, four sweeps.
+const QUIET_TICKS_BEFORE_SLEEP: u32 = 10;
 
 /// Runs one connection (the future `serve` makes), then the bookkeeping of its end, or
 /// sets it aside when it went idle. The future is made here rather than passed in: a
@@ -717,6 +743,14 @@ async fn accept_loop<H: Handler>(
                     cache: Default::default(),
                 });
                 shared.stats.open.fetch_add(1, Ordering::Relaxed);
+                if shared.housekeeping_asleep.load(Ordering::Relaxed)
+                    && shared.housekeeping_asleep.swap(false, Ordering::Relaxed)
+                {
+                    // The date went stale while nothing was served: fresh for this
+                    // connection's first response, which may come before the task runs.
+                    shared.date.refresh();
+                    shared.housekeeping_wake.notify_one();
+                }
                 if shared.connection_events {
                     shared.submit(WorkItem::Connection(Arc::clone(&info), true));
                 }
