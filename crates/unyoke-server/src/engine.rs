@@ -576,7 +576,8 @@ async fn housekeeping<H: Handler>(shared: Arc<Shared<H>>) {
             // No connection, no call, for a while (long enough for the sweep to have
             // trimmed after the last ones): nothing to refresh, flush or sweep until a
             // connection comes, and the accept loop wakes this task (and refreshes the
-            // date) when one does. Ticking on, an idle worker woke 10 times a second.
+            // date) when one does. Ticking on, it woke the idle leader ~20 times a second
+            // (tokio's timer wheel wakes the runtime twice for each 100 ms sleep).
             // (Tasks share one runtime thread at a time: the accept loop cannot run
             // between this flag and the wait.)
             shared.housekeeping_asleep.store(true, Ordering::Relaxed);
