@@ -18,7 +18,7 @@ class Engine:
         the table in unyoke.config, defaults filled in. Raises ValueError or OSError.
         """
 
-    def run(self, check_signals_every: float = 0.05) -> None:
+    def run(self, check_signals_every: float) -> None:
         """Serve until shutdown completes; re-raises an exception a signal handler raised.
 
         Pending signal handlers run every ``check_signals_every`` seconds, and at once

@@ -40,7 +40,7 @@ from .errors import StartupError
 from .importer import resolve_mounts
 from .listeners import Listener, close_listeners
 from .metrics import Totals, render
-from .signals import ShutdownOnSignal
+from .signals import CHECK_SIGNALS_EVERY, ShutdownOnSignal
 
 log = logging.getLogger(logs.LOGGER_NAME)
 
@@ -532,11 +532,11 @@ def run_worker(
             return EXIT_CANNOT_START
         for listener in listeners:
             listener.sock.close()  # the engine holds its duplicates
-        signals.attach(engine.shutdown)
+        signals.attach(engine.shutdown, engine.signal_arrived)
         reporter = _Reporter(engine, values, writer, max_requests)
         reporter.send({"kind": "ready"})
         reporter.start()
-        engine.run()
+        engine.run(check_signals_every=CHECK_SIGNALS_EVERY)
         reporter.stop()
     # Stopped: a late SIGTERM from the supervisor must not turn a clean exit into a kill.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

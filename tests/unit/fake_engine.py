@@ -38,7 +38,7 @@ class FakeEngine:
         self.signals_arrived = 0
         FakeEngine.instances.append(self)
 
-    def run(self, check_signals_every: float = 0.05) -> None:
+    def run(self, check_signals_every: float) -> None:
         self.ran = True
         self.check_signals_every = check_signals_every
         try:

@@ -82,7 +82,6 @@ impl Engine {
     /// Serves until shutdown completes. Runs pending signal handlers every
     /// `check_signals_every` seconds, and at once after `signal_arrived()`; if one raises,
     /// shuts down at once and re-raises.
-    #[pyo3(signature = (check_signals_every = 0.05))]
     fn run(&self, py: Python<'_>, check_signals_every: f64) -> PyResult<()> {
         if !(check_signals_every.is_finite() && check_signals_every > 0.0) {
             return Err(PyValueError::new_err(
