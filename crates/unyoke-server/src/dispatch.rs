@@ -83,32 +83,6 @@ enum LeaderState {
     App,
 }
 
-/// Whether the standby sleeps on `standby_cv`, and what wakes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StandbySleep {
-    Awake,
-    /// An eager standby that found the leader parked: until the leader wakes up, when it
-    /// goes back to waiting for the gate.
-    UntilUnpark,
-    /// A lazy standby after a long idle: until a call starts (or the leader is gone). The
-    /// leader's own wake-ups leave it asleep: an idle server's housekeeping wakes the
-    /// leader every 100 ms, and a standby woken by each went back to its 4 ms ticks for
-    /// another `LAZY_IDLE_TICKS` (~220 wake-ups a second of the standby on an idle
-    /// server, measured; docs/design.md).
-    UntilCall,
-}
-
-impl StandbySleep {
-    /// Whether a standby asleep for this reason sleeps on while the leader is in `leader`.
-    fn lasts(self, leader: LeaderState) -> bool {
-        match self {
-            StandbySleep::Awake => false,
-            StandbySleep::UntilUnpark => leader == LeaderState::Parked,
-            StandbySleep::UntilCall => matches!(leader, LeaderState::Parked | LeaderState::Io),
-        }
-    }
-}
-
 struct Control {
     leader: LeaderState,
     /// Identity of the current leader (a counter, so a displaced leader can tell).
@@ -118,8 +92,18 @@ struct Control {
     standby: bool,
     /// Until when the standby watches eagerly (see `stand_by`); set by takeovers.
     eager_until: Option<Instant>,
-    /// Whether the standby sleeps on `standby_cv`, and until what.
-    standby_sleep: StandbySleep,
+    /// The standby sleeps on `standby_cv` until a call starts (or the leader is gone): a
+    /// lazy standby after a long idle, or an eager one that found the leader parked. The
+    /// leader's own wake-ups leave it asleep, since a leader in I/O has no call to be
+    /// taken over from. Lazy: an idle server's housekeeping woke the leader every 100 ms,
+    /// and a standby woken by each went back to its 4 ms ticks for another
+    /// `LAZY_IDLE_TICKS` (~220 wake-ups a second of the standby on an idle server,
+    /// measured; docs/design.md). Eager: woken at every unpark, it went back to waiting
+    /// on the gate and took it at the leader's next park, a round of the gate per
+    /// wake-up of the leader (sleep-c64, `perf stat` on the server's core: 10.5 -> 9.1
+    /// context switches and 9.5 -> 7.9 futex calls per request; CPU per request 61-74
+    /// against 65-77 us in interleaved runs, inside the host's noise).
+    standby_asleep: bool,
     /// Threads waiting in `idle_cv` for a role.
     idle: usize,
     /// How many idle threads have been asked to become standby or leader.
@@ -312,7 +296,7 @@ impl<J: Job> Dispatcher<J> {
                 next_token: 1,
                 standby: false,
                 eager_until: None,
-                standby_sleep: StandbySleep::Awake,
+                standby_asleep: false,
                 idle: 0,
                 summoned: 0,
                 threads: 0,
@@ -461,9 +445,7 @@ impl<J: Job> Dispatcher<J> {
         let parked = self.control.lock().leader == LeaderState::Parked;
         if parked {
             self.gate.acquire();
-            let mut c = self.control.lock();
-            c.leader = LeaderState::Io;
-            self.wake_standby(&mut c, StandbySleep::UntilUnpark);
+            self.control.lock().leader = LeaderState::Io;
         }
     }
 
@@ -623,7 +605,7 @@ impl<J: Job> Dispatcher<J> {
             match role {
                 Role::Leader => {
                     c.leader = LeaderState::Absent;
-                    self.wake_standby(&mut c, StandbySleep::UntilCall);
+                    self.wake_standby(&mut c);
                 }
                 Role::Standby => c.standby = false,
                 Role::Idle | Role::Stop => {}
@@ -662,24 +644,28 @@ impl<J: Job> Dispatcher<J> {
     /// want of calls has one to watch now.
     fn enter_call(&self, c: &mut Control) {
         c.leader = LeaderState::App;
-        self.wake_standby(c, StandbySleep::UntilCall);
+        self.wake_standby(c);
     }
 
-    /// Wakes the standby if it sleeps for `reason`.
-    fn wake_standby(&self, c: &mut Control, reason: StandbySleep) {
-        if c.standby_sleep == reason {
-            c.standby_sleep = StandbySleep::Awake;
+    /// Wakes the standby if it sleeps until a call starts.
+    fn wake_standby(&self, c: &mut Control) {
+        if c.standby_asleep {
+            c.standby_asleep = false;
             self.standby_cv.notify_one();
         }
     }
 
-    /// The standby, having set `standby_sleep` to `reason` (see [`StandbySleep`]), sleeps
-    /// on `standby_cv` until woken for it, the leader's state ends it, or the pool stops.
-    fn standby_wait(&self, c: &mut MutexGuard<'_, Control>, reason: StandbySleep) {
-        while c.standby_sleep == reason && !c.stopping && reason.lasts(c.leader) {
+    /// The standby, having set `standby_asleep`, sleeps on `standby_cv` until woken, the
+    /// leader is no longer in I/O or parked (a call started, or there is no leader), or
+    /// the pool stops.
+    fn standby_wait(&self, c: &mut MutexGuard<'_, Control>) {
+        while c.standby_asleep
+            && !c.stopping
+            && matches!(c.leader, LeaderState::Parked | LeaderState::Io)
+        {
             self.standby_cv.wait(c);
         }
-        c.standby_sleep = StandbySleep::Awake;
+        c.standby_asleep = false;
     }
 
     /// Makes the calling thread the leader.
@@ -819,8 +805,8 @@ impl<J: Job> Dispatcher<J> {
                     if idle_ticks > LAZY_IDLE_TICKS {
                         // Long idle: sleep until a call starts (the leader notifies); its
                         // wake-ups for I/O or timers alone have nothing to watch.
-                        c.standby_sleep = StandbySleep::UntilCall;
-                        self.standby_wait(&mut c, StandbySleep::UntilCall);
+                        c.standby_asleep = true;
+                        self.standby_wait(&mut c);
                         idle_ticks = 0;
                     } else {
                         self.standby_cv.wait_for(&mut c, LAZY_TICK);
@@ -903,11 +889,11 @@ impl<J: Job> Dispatcher<J> {
                     return Role::Leader;
                 }
                 LeaderState::Parked if still_eager => {
-                    // Nothing runs; sleep until the leader wakes up.
-                    c.standby_sleep = StandbySleep::UntilUnpark;
+                    // Nothing runs; sleep until a call starts.
+                    c.standby_asleep = true;
                     drop(c);
                     self.gate.release();
-                    self.standby_wait(&mut self.control.lock(), StandbySleep::UntilUnpark);
+                    self.standby_wait(&mut self.control.lock());
                 }
                 _ => {
                     // A gate lent by a busy leader, a forced switch, or a lazy check that
