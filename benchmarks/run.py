@@ -16,6 +16,7 @@ workloads), and its ``main()`` is called with its own command line. Phases:
              with no idle connection, for the new-request latency "with none"
   callgrind  instructions per hello request (callgrind_hello.sh)
   report     report.md + chart.png in the results folder, copied to results/latest.md
+             when the run is the newest full one (every phase, every workload)
 
 ``--report DIR`` re-renders report.md and chart.png from the raw files saved in DIR.
 """
@@ -612,6 +613,21 @@ def _shown_path(path):
     return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
 
 
+def _full_run_start(folder):
+    """When the run saved in `folder` started, if it is a full run (every phase, every
+    workload); None for a partial run or anything else."""
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    phases_done = set(meta.get("phases") or {})
+    full = {"floor", "matrix", "idle", "callgrind"} <= phases_done and set(ALL_WORKLOADS) <= set(
+        meta.get("workloads") or []
+    )
+    return meta.get("date") if full else None
+
+
 def render(out):
     meta = {}
     if os.path.exists(os.path.join(out, "meta.json")):
@@ -892,11 +908,13 @@ def render(out):
         f.write(text)
     if workloads:
         chart(summary, workloads, os.path.join(out, "chart.png"))
-    # results/latest.md: the newest results folder's report, links rebased
+    # results/latest.md: the newest full run's report, links rebased (a partial run, or an
+    # older run re-rendered, leaves it alone)
     if os.path.dirname(os.path.abspath(out)) == os.path.abspath(RESULTS):
-        newest = max(d for d in os.listdir(RESULTS) if os.path.isdir(os.path.join(RESULTS, d)))
-        if newest == os.path.basename(out):
-            rel = os.path.basename(out)
+        started = {d: _full_run_start(os.path.join(RESULTS, d)) for d in os.listdir(RESULTS)}
+        full = {d: t for d, t in started.items() if t}
+        rel = os.path.basename(out)
+        if rel in full and max(full, key=full.__getitem__) == rel:
             latest = re.sub(r"\]\((chart\.png)\)", rf"]({rel}/\1)", text)
             latest = latest.replace("Exact commands: `matrix/", f"Exact commands: `{rel}/matrix/")
             with open(os.path.join(RESULTS, "latest.md"), "w") as f:
