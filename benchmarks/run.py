@@ -71,6 +71,8 @@ EXTRA_WORKLOADS = {
     "django-c64": ("django", 64, "django_template:app"),
 }
 ALL_WORKLOADS = SHARED_WORKLOADS + list(EXTRA_WORKLOADS)
+# The measuring phases, in the order they run (the report is rendered after any of them).
+ALL_PHASES = ("floor", "matrix", "idle", "callgrind")
 
 # The targets (#5), as ratios to the best peer in the same run.
 TARGET_TEXT = {
@@ -622,9 +624,7 @@ def _full_run_start(folder):
     except (OSError, ValueError):
         return None
     phases_done = set(meta.get("phases") or {})
-    full = {"floor", "matrix", "idle", "callgrind"} <= phases_done and set(ALL_WORKLOADS) <= set(
-        meta.get("workloads") or []
-    )
+    full = set(ALL_PHASES) <= phases_done and set(ALL_WORKLOADS) <= set(meta.get("workloads") or [])
     return meta.get("date") if full else None
 
 
@@ -942,8 +942,8 @@ def main():
     ap.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list")
     ap.add_argument(
         "--phases",
-        default="floor,matrix,idle,callgrind",
-        help="comma list of floor, matrix, idle, callgrind (the report always runs)",
+        default=",".join(ALL_PHASES),
+        help=f"comma list of {', '.join(ALL_PHASES)} (the report always runs)",
     )
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--idle-reps", type=int, default=2, help="interleaved passes of the idle test")
